@@ -1,0 +1,89 @@
+"""Per-request CPU cost of the server's hot path, without sockets.
+
+Feeds a keep-alive GET (as wrk sends it) through ``HTTPConnection.data_received`` with a
+fake transport and reports microseconds per request; ``--profile`` prints a cProfile
+table. Used to measure each hot-path change before/after (also under callgrind:
+``valgrind --tool=callgrind python bench/hotpath.py -n 20000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from typing import Any
+
+from rapidwsgi.config import Config
+from rapidwsgi.connection import HTTPConnection, ServerContext
+from rapidwsgi.log import Clock
+from rapidwsgi.protocols.http1 import Limits
+from rapidwsgi.worker import base_environ
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+BROWSER = (
+    b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+    b"Accept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nCookie: a=b; c=d\r\n\r\n"
+)
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+    return [b"Hello, world!"]
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out = 0
+
+    def write(self, data: bytes) -> None:
+        self.out += len(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=200_000)
+    parser.add_argument("--browser", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    loop = asyncio.new_event_loop()
+    ctx = ServerContext(
+        app=hello,
+        loop=loop,
+        base_environ=base_environ(Config(), sys.stderr),
+        limits=Limits(),
+        clock=Clock(),
+    )
+    conn = HTTPConnection(ctx)
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    request = BROWSER if args.browser else REQUEST
+    feed = conn.data_received
+    for _ in range(1000):
+        feed(request)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.n):
+            feed(request)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    start = time.perf_counter()
+    for _ in range(args.n):
+        feed(request)
+    elapsed = time.perf_counter() - start
+    print(f"{elapsed / args.n * 1e6:.2f} us/request ({args.n} requests, {transport.out} bytes out)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""``python -m rapidwsgi``: the same as the ``rapidwsgi`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

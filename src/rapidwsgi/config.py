@@ -1,0 +1,500 @@
+"""Every setting, declared once: the :class:`Config` dataclass *is* the table.
+
+Each field carries its default, help, section, CLI flag, validation and parser in its
+metadata (see :func:`setting`). From that one table this module generates the
+argparse parser, the ``RAPIDWSGI_*`` environment variables, config-file loading and
+the settings reference (``python -m rapidwsgi.config > docs/settings.md``).
+
+Precedence, highest first: command line, environment, config file, default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import runpy
+import sys
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from . import __version__
+from .errors import ConfigError
+
+ENV_PREFIX: Final = "RAPIDWSGI_"
+_MISSING: Final[Any] = dataclasses.MISSING
+
+
+def setting(
+    default: Any = _MISSING,
+    *,
+    help: str,
+    section: str,
+    flags: Sequence[str] = (),
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    validate: Callable[[Any], str | None] | None = None,
+    choices: Sequence[str] | None = None,
+    positional: bool = False,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """Declare one setting (a dataclass field with its metadata).
+
+    ``flags`` defaults to ``--name-with-dashes``; ``parse`` turns a string (CLI, env)
+    into the value; ``validate`` returns an error message or None.
+    """
+    metadata = {
+        "help": help,
+        "section": section,
+        "flags": tuple(flags),
+        "metavar": metavar,
+        "parse": parse,
+        "validate": validate,
+        "choices": tuple(choices) if choices else None,
+        "positional": positional,
+    }
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------- parsers/validators
+
+
+def _octal(text: str) -> int:
+    text = text.strip()
+    if text.startswith("0") and text[:2].lower() not in ("0o", "0x"):
+        return int(text, 8)
+    return int(text, 0)
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _bind_list(value: list[str]) -> str | None:
+    return None if value else "at least one address is required"
+
+
+def _umask(value: int) -> str | None:
+    return None if 0 <= value <= 0o777 else "must be between 0 and 0o777"
+
+
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The settings of one rapidwsgi server (see the generated docs/settings.md)."""
+
+    app: str | None = setting(
+        None,
+        help="The WSGI application: MODULE:NAME, MODULE:NAME.attr, or MODULE:factory() "
+        "(literal arguments allowed, e.g. MODULE:create_app('prod')). NAME defaults to 'application', then 'app'.",
+        section="Application",
+        positional=True,
+        metavar="MODULE:APP",
+    )
+    config: str | None = setting(
+        None,
+        help="Read settings from FILE: a Python file (gunicorn style, `bind = [...]`) "
+        "or a TOML file (top level or a [rapidwsgi] table). Lower precedence than the "
+        "environment and the command line.",
+        section="Application",
+        flags=("-c", "--config"),
+        metavar="FILE",
+    )
+    chdir: str | None = setting(
+        None,
+        help="Change to DIR before loading the application (it is also put first on sys.path).",
+        section="Application",
+        metavar="DIR",
+    )
+    pythonpath: str | None = setting(
+        None,
+        help="Comma-separated directories to add to sys.path before loading the application.",
+        section="Application",
+        metavar="DIRS",
+    )
+    root_path: str = setting(
+        "",
+        help="SCRIPT_NAME for every request (the prefix the app is mounted at); "
+        "a PATH_INFO starting with it has it removed.",
+        section="Application",
+        metavar="PREFIX",
+    )
+    bind: list[str] = setting(
+        help="Listen on ADDRESS: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. Repeat for several.",
+        section="Server socket",
+        flags=("-b", "--bind"),
+        metavar="ADDRESS",
+        default_factory=lambda: ["127.0.0.1:8000"],
+        validate=_bind_list,
+    )
+    backlog: int = setting(
+        2048,
+        help="Maximum number of pending connections (listen(2) backlog).",
+        section="Server socket",
+        validate=_positive,
+    )
+    umask: int = setting(
+        0,
+        help="umask applied while creating unix sockets (octal, e.g. 007 for owner+group).",
+        section="Server socket",
+        parse=_octal,
+        validate=_umask,
+    )
+    threads: int = setting(
+        1,
+        help="Application threads. 1 runs the application inline on the event loop "
+        "(fastest for non-blocking apps); N > 1 runs it in a pool of N threads.",
+        section="Worker",
+        validate=_positive,
+    )
+    loop: str = setting(
+        "auto",
+        help="Event loop implementation: uvloop, asyncio, or auto (uvloop when installed).",
+        section="Worker",
+        choices=("auto", "uvloop", "asyncio"),
+    )
+    keep_alive: float = setting(
+        5.0,
+        help="Seconds an idle keep-alive connection is kept open between requests.",
+        section="Timeouts",
+        metavar="SECONDS",
+        validate=_non_negative,
+    )
+    header_timeout: float = setting(
+        10.0,
+        help="Seconds a client has to send a complete request head once it started "
+        "(slow clients are answered 408 and disconnected).",
+        section="Timeouts",
+        metavar="SECONDS",
+        validate=_positive,
+    )
+    body_timeout: float = setting(
+        30.0,
+        help="Seconds without progress allowed while receiving a request body.",
+        section="Timeouts",
+        metavar="SECONDS",
+        validate=_positive,
+    )
+    send_timeout: float = setting(
+        60.0,
+        help="Seconds a client may stop reading a response before it is disconnected.",
+        section="Timeouts",
+        metavar="SECONDS",
+        validate=_positive,
+    )
+    graceful_timeout: float = setting(
+        30.0,
+        help="On SIGTERM/SIGINT, seconds to finish in-flight requests before exiting anyway.",
+        section="Timeouts",
+        metavar="SECONDS",
+        validate=_non_negative,
+    )
+    limit_request_line: int = setting(
+        8190,
+        help="Maximum bytes of the request line (larger: 414).",
+        section="Limits",
+        metavar="BYTES",
+        validate=_positive,
+    )
+    limit_request_fields: int = setting(
+        100,
+        help="Maximum number of request header fields (more: 431).",
+        section="Limits",
+        metavar="N",
+        validate=_positive,
+    )
+    limit_request_field_size: int = setting(
+        8190,
+        help="Maximum bytes of one request header field line (larger: 431).",
+        section="Limits",
+        metavar="BYTES",
+        validate=_positive,
+    )
+    limit_request_body: int = setting(
+        0,
+        help="Maximum bytes of a request body, 0 for no limit (larger: 413).",
+        section="Limits",
+        metavar="BYTES",
+        validate=_non_negative,
+    )
+    access_logfile: str | None = setting(
+        None,
+        help="Write an access log to FILE ('-' for stdout). Off by default.",
+        section="Logging",
+        metavar="FILE",
+    )
+    access_logformat: str = setting(
+        "combined",
+        help="Access log format: 'common', 'combined', or a gunicorn-style format "
+        "string with atoms such as %(h)s %(r)s %(s)s %(b)s %(D)s %({header}i)s.",
+        section="Logging",
+        metavar="FORMAT",
+    )
+    error_logfile: str = setting(
+        "-",
+        help="Write the error log to FILE ('-' for stderr).",
+        section="Logging",
+        flags=("--error-logfile", "--log-file"),
+        metavar="FILE",
+    )
+    log_level: str = setting(
+        "info",
+        help="Error log level.",
+        section="Logging",
+        choices=_LOG_LEVELS,
+    )
+    server_header: bool = setting(
+        True,
+        help="Send 'Server: rapidwsgi' unless the application sets its own Server header.",
+        section="HTTP",
+    )
+    date_header: bool = setting(
+        True,
+        help="Send a Date header (cached per second) unless the application sets one.",
+        section="HTTP",
+    )
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Config:
+        """Settings from the command line, environment and config file, validated."""
+        environ = os.environ if environ is None else environ
+        cli = vars(build_parser().parse_args(argv))
+        env = values_from_env(environ)
+        config_file = cli.get("config") or env.get("config")
+        file_values = values_from_file(config_file) if config_file else {}
+        merged: dict[str, Any] = {**file_values, **env, **cli}
+        return cls.from_values(merged)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Config:
+        """Build and validate from already-typed values (missing ones take defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        config = cls(**values)
+        hints = _hints()
+        for f in dataclasses.fields(cls):
+            value = getattr(config, f.name)
+            _check_type(f.name, value, hints[f.name])
+            check = f.metadata["validate"]
+            choices = f.metadata["choices"]
+            if choices and value not in choices:
+                raise ConfigError(f"{_flag(f)}: {value!r} is not one of {', '.join(choices)}")
+            if check is not None:
+                problem = check(value)
+                if problem:
+                    raise ConfigError(f"{_flag(f)}: {problem} (got {value!r})")
+        return config
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _base_type(hint: Any) -> Any:
+    """int / float / str / bool / list, ignoring Optional."""
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return list
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args:
+        return _base_type(args[0])
+    return hint
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    if value is None and _optional(hint):
+        return
+    base = _base_type(hint)
+    ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if base is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise ConfigError(f"setting {name!r}: expected {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    if f.metadata["positional"]:
+        return f.metadata["metavar"] or f.name.upper()
+    flags: tuple[str, ...] = f.metadata["flags"]
+    return flags[-1] if flags else "--" + f.name.replace("_", "-")
+
+
+def _env_name(f: dataclasses.Field[Any]) -> str:
+    return ENV_PREFIX + f.name.upper()
+
+
+def _parser_for(f: dataclasses.Field[Any], hint: Any) -> Callable[[str], Any]:
+    custom = f.metadata["parse"]
+    if custom is not None:
+        return typing.cast(Callable[[str], Any], custom)
+    base = _base_type(hint)
+    if base is bool:
+        return _parse_bool
+    if base is list:
+        return str
+    return typing.cast(Callable[[str], Any], base)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+# ------------------------------------------------------------------ generators
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser, generated from the table. Unset options are absent."""
+    parser = argparse.ArgumentParser(
+        prog="rapidwsgi",
+        description="rapidwsgi: a fast, strict HTTP/1.1 server for WSGI applications.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--version", action="version", version=f"rapidwsgi {__version__}")
+    hints = _hints()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(Config):
+        section = f.metadata["section"]
+        group = groups.get(section)
+        if group is None:
+            group = groups[section] = parser.add_argument_group(section)
+        hint = hints[f.name]
+        base = _base_type(hint)
+        kwargs: dict[str, Any] = {"help": f.metadata["help"], "dest": f.name}
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
+        if f.metadata["positional"]:
+            del kwargs["dest"]
+            group.add_argument(f.name, nargs="?", metavar=f.metadata["metavar"], **kwargs)
+            continue
+        flags = f.metadata["flags"] or ("--" + f.name.replace("_", "-"),)
+        if base is bool:
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if base is list:
+            kwargs["action"] = "append"
+        kwargs["type"] = _parser_for(f, hint)
+        kwargs["metavar"] = f.metadata["metavar"] or f.name.upper()
+        group.add_argument(*flags, **kwargs)
+    return parser
+
+
+def values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Typed values from ``RAPIDWSGI_<NAME>`` variables (lists: comma-separated)."""
+    hints = _hints()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        raw = environ.get(_env_name(f))
+        if raw is None:
+            continue
+        hint = hints[f.name]
+        try:
+            if _base_type(hint) is list:
+                values[f.name] = [item.strip() for item in raw.split(",") if item.strip()]
+            else:
+                values[f.name] = _parser_for(f, hint)(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{_env_name(f)}: {exc}") from None
+    return values
+
+
+def values_from_file(path: str) -> dict[str, Any]:
+    """Settings from a Python or TOML config file (unknown names are an error)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found")
+    if path.endswith(".toml"):
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+        with open(path, "rb") as fp:
+            data: dict[str, Any] = tomllib.load(fp)
+        data = data.get("rapidwsgi", data)
+        data = {key.replace("-", "_"): value for key, value in data.items()}
+    else:
+        try:
+            namespace = runpy.run_path(path)
+        except Exception as exc:
+            raise ConfigError(f"config file {path!r} failed: {exc}") from exc
+        names = {f.name for f in dataclasses.fields(Config)}
+        data = {k: v for k, v in namespace.items() if k in names}
+    if isinstance(data.get("bind"), str):
+        data["bind"] = [data["bind"]]
+    return data
+
+
+def settings_markdown() -> str:
+    """The settings reference page (docs/settings.md), generated from the table."""
+    hints = _hints()
+    out = [
+        "# Settings reference",
+        "",
+        "Generated from `rapidwsgi.config.Config` by `python -m rapidwsgi.config`; do not edit.",
+        "",
+        "Every setting can be given on the command line, as an environment variable",
+        f"(`{ENV_PREFIX}<NAME>`; lists comma-separated; booleans 1/0, true/false, yes/no, on/off)",
+        "or in a config file (`--config FILE`, Python or TOML). Precedence: command line,",
+        "then environment, then config file, then the default.",
+        "",
+    ]
+    section = None
+    for f in dataclasses.fields(Config):
+        if f.metadata["section"] != section:
+            section = f.metadata["section"]
+            out += [f"## {section}", ""]
+        hint = hints[f.name]
+        base = _base_type(hint)
+        if f.metadata["positional"]:
+            cli = f"`{f.metadata['metavar']}` (positional)"
+        else:
+            flags = f.metadata["flags"] or ("--" + f.name.replace("_", "-"),)
+            if base is bool:
+                flags = (*flags, "--no-" + flags[-1][2:])
+            cli = ", ".join(f"`{flag}`" for flag in flags)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name == "umask":
+            default_text = f"`{oct(typing.cast(int, default))}`"
+        else:
+            default_text = f"`{default!r}`"
+        out += [
+            f"### `{f.name}`",
+            "",
+            f"- command line: {cli}",
+            f"- environment: `{_env_name(f)}`",
+            f"- type: {getattr(base, '__name__', str(base))}"
+            + (f", one of {', '.join(f'`{c}`' for c in f.metadata['choices'])}" if f.metadata["choices"] else ""),
+            f"- default: {default_text}",
+            "",
+            f.metadata["help"],
+            "",
+        ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_markdown())

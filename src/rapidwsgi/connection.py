@@ -1,0 +1,822 @@
+"""The asyncio connection: transport I/O, flow control, timeouts and sendfile.
+
+One :class:`HTTPConnection` per accepted socket, driven by the event loop. It feeds
+received bytes to the sans-IO protocol, turns events into WSGI exchanges, and writes
+what the protocol frames. Thread rules: every method of ``HTTPConnection`` runs on the
+loop thread; an application thread only ever talks to :class:`ThreadedSink`, which
+marshals its calls onto the loop with ``call_soon_threadsafe``.
+
+Dispatch rules:
+
+* ``threads == 1`` (inline): the application runs on the loop thread once the whole
+  request is in hand. A body still in flight is spooled first (memory, then a
+  temporary file beyond ``SPOOL_MEMORY``), so a blocking read can never stall the loop;
+  a client waiting for ``100 Continue`` gets it when spooling starts.
+* ``threads > 1``: the application runs on the thread pool as soon as the head is
+  parsed; ``wsgi.input`` streams the body, and ``100 Continue`` is sent when the
+  application first reads it (RFC 9110 §10.1.1).
+
+Flow control: reading pauses while a body buffer or pipelined bytes pile up beyond a
+bound; the response side pulls from the application only while the transport is
+below its high-water mark (``pause_writing`` / ``resume_writing``).
+
+Timeouts (one coarse tick per second checks every connection): an idle keep-alive
+connection closes after ``keep_alive``; a request head must be complete within
+``header_timeout`` of its first byte (a trickling client is cut off, answered 408);
+body bytes must keep coming within ``body_timeout``; a client that stops reading the
+response for ``send_timeout`` is dropped. Closing after a response half-closes first
+and discards what the client still sends for up to ``LINGER`` seconds, so a client
+never sees a reset instead of its response (nginx's lingering close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import IO, Any, Final, cast
+
+from .bridge import Exchange
+from .errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
+from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Request, Response
+from .log import AccessLog, AccessRecord, Clock, error_log
+from .protocols.http1 import DONE, ERROR, IDLE, MUST_CLOSE, SEND_BODY, H1Connection, Limits
+from .wsgi import (
+    EMPTY_INPUT,
+    Environ,
+    StreamInput,
+    WSGIApp,
+    buffered_input,
+    build_environ,
+    error_response,
+)
+
+INF: Final = float("inf")
+#: Request body bytes kept in memory before spooling to a temporary file (inline mode).
+SPOOL_MEMORY: Final = 1 << 20
+#: Unparsed bytes (pipelined requests) held while a response is in progress before
+#: reading from the socket pauses.
+MAX_PIPELINE_BUFFER: Final = 256 * 1024
+#: Seconds a closing connection keeps reading (and discarding) after half-closing.
+LINGER: Final = 2.0
+#: Body chunks an inline exchange may produce before yielding to other connections.
+PUMP_BUDGET: Final = 32
+#: Bytes one sendfile step may send before yielding to other connections.
+SENDFILE_BUDGET: Final = 4 << 20
+#: Bytes an application thread may have queued for the loop before it waits.
+THREAD_HIGH_WATER: Final = 256 * 1024
+
+# Read-side phases, for timeouts.
+_IDLE: Final = 0  # between requests (keep-alive)
+_HEAD: Final = 1  # a request head has started arriving
+_BODY: Final = 2  # waiting for request body bytes
+_APP: Final = 3  # the application owns the exchange
+_LINGER: Final = 4  # closing: half-closed, discarding input
+
+
+class ServerContext:
+    """What every connection of one server process shares (built once by the worker)."""
+
+    def __init__(
+        self,
+        *,
+        app: WSGIApp,
+        loop: asyncio.AbstractEventLoop,
+        base_environ: Environ,
+        limits: Limits,
+        clock: Clock,
+        executor: Executor | None = None,
+        keep_alive: float = 5.0,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        send_timeout: float = 60.0,
+        access_log: AccessLog | None = None,
+        on_request_done: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.loop = loop
+        self.base_environ = base_environ
+        self.limits = limits
+        self.clock = clock
+        self.executor = executor
+        self.keep_alive = keep_alive
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
+        self.access_log = access_log
+        self.on_request_done = on_request_done
+        self.connections: set[HTTPConnection] = set()
+        self.shutting_down = False
+
+    def tick(self) -> None:
+        """Refresh the clock and enforce timeouts; called once per second."""
+        self.clock.update()
+        now = self.clock.now
+        for conn in list(self.connections):
+            conn.check_timeout(now)
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    def shutdown(self) -> None:
+        """Stop reusing connections: idle ones close now, busy ones after their response."""
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.begin_shutdown()
+
+
+def connection_environ(base: Environ, transport: asyncio.BaseTransport) -> Environ:
+    """The per-connection environ keys: SERVER_NAME/PORT and REMOTE_ADDR/PORT."""
+    env = base.copy()
+    sockname = transport.get_extra_info("sockname")
+    peername = transport.get_extra_info("peername")
+    if isinstance(sockname, tuple):
+        env["SERVER_NAME"] = str(sockname[0])
+        env["SERVER_PORT"] = str(sockname[1])
+    else:  # unix socket: no port; HTTP_HOST is what URL building uses anyway
+        env["SERVER_NAME"] = "localhost"
+        env["SERVER_PORT"] = "0"
+    if isinstance(peername, tuple):
+        env["REMOTE_ADDR"] = str(peername[0])
+        env["REMOTE_PORT"] = str(peername[1])
+    else:
+        env["REMOTE_ADDR"] = ""
+        env["REMOTE_PORT"] = ""
+    return env
+
+
+class HTTPConnection:
+    """asyncio protocol for one HTTP/1.1 client connection (see the module docstring)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.h1 = H1Connection(ctx.limits)
+        self.transport: asyncio.Transport | None = None
+        self._environ_base: Environ = {}
+        self._request: Request | None = None
+        self._chunks: list[bytes] | None = None
+        self._spool: IO[bytes] | None = None
+        self._stream: StreamInput | None = None
+        self._exchange: Exchange | None = None
+        self._tsink: ThreadedSink | None = None
+        self._dispatched = False
+        self._draining = False
+        self._drained = 0
+        self._in_process = False
+        self._write_paused = False
+        self._read_paused = False
+        self._lost = False
+        self._lingering = False
+        self._closing = False
+        self._phase = _IDLE
+        self._deadline = INF
+        self._write_deadline = INF
+        self._budget = PUMP_BUDGET
+        self._response: Response | None = None
+        self._environ: Environ | None = None
+        self._sent = 0
+        self._started = 0.0
+        # sendfile state
+        self._sf_active = False
+        self._sf_fd = -1
+        self._sf_offset = 0
+        self._sf_count = 0
+        self._sf_sock = -1
+        self._sf_dup = -1
+        self._finish_pending = False
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the Transport API without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        self._environ_base = connection_environ(ctx.base_environ, self.transport)
+        ctx.connections.add(self)
+        self._deadline = ctx.clock.now + ctx.header_timeout
+        if ctx.shutting_down:
+            self._closing = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        self.h1.receive_data(data)
+        if not self._in_process:
+            self._process()
+
+    def eof_received(self) -> bool:
+        if self._lingering:
+            self._close_transport()
+            return False
+        self.h1.receive_data(b"")
+        if not self._in_process:
+            self._process()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.ctx.connections.discard(self)
+        if self._sf_active:
+            self._sf_cleanup()
+        if self._stream is not None:
+            self._stream.feed_error(ClientDisconnected("client disconnected"))
+        if self._tsink is not None:
+            self._tsink.set_disconnected()
+        exchange = self._exchange
+        self._exchange = None
+        if exchange is not None and not exchange.finished:
+            exchange.disconnect()
+        self._drop_spool()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._write_deadline = self.ctx.clock.now + self.ctx.send_timeout
+        if self._tsink is not None:
+            self._tsink.update(True)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._write_deadline = INF
+        if self._tsink is not None:
+            self._tsink.update(self._sf_active)
+        else:
+            self._resume_exchange()
+
+    # ------------------------------------------------------------ request side
+
+    def _process(self) -> None:
+        """Consume protocol events until more bytes are needed or parsing pauses."""
+        self._in_process = True
+        h1 = self.h1
+        try:
+            while not self._lingering and not self._lost:
+                try:
+                    event = h1.next_event()
+                except RemoteProtocolError as exc:
+                    self._on_protocol_error(exc)
+                    return
+                if isinstance(event, Request):
+                    self._on_request(event)
+                elif isinstance(event, EndOfMessage):
+                    self._on_end()
+                elif event is NEED_DATA:
+                    self._on_need_data()
+                    return
+                elif isinstance(event, Data):
+                    self._on_data(event.data)
+                elif event is PAUSED:
+                    if h1.buffered > MAX_PIPELINE_BUFFER:
+                        self._pause_reading()
+                    return
+                else:  # ConnectionClosed
+                    self._close_transport()
+                    return
+        finally:
+            self._in_process = False
+
+    def _on_request(self, request: Request) -> None:
+        self._request = request
+        self._dispatched = False
+        if request.has_body:
+            self._chunks = []
+            self._phase = _BODY
+            self._deadline = self.ctx.clock.now + self.ctx.body_timeout
+        else:
+            # A request without a body is complete with its head.
+            self._chunks = None
+            self._dispatch(EMPTY_INPUT)
+
+    def _on_data(self, data: bytes) -> None:
+        if self._draining:
+            self._drained += len(data)
+            if self._drained > self.ctx.limits.max_drain:
+                self._close_after_response()
+            return
+        self._deadline = self.ctx.clock.now + self.ctx.body_timeout
+        if self._stream is not None:
+            if self._stream.feed(data):
+                self._pause_reading()
+        elif self._spool is not None:
+            self._spool.write(data)
+        elif self._chunks is not None:
+            self._chunks.append(data)
+
+    def _on_end(self) -> None:
+        if self._draining:
+            self._draining = False
+            self._continue_cycle()
+            return
+        if self._stream is not None:
+            self._stream.feed_eof()
+            self._phase = _APP
+            self._deadline = INF
+            return
+        if self._spool is not None:
+            spool = self._spool
+            spool.seek(0)
+            self._dispatch(spool)
+        else:
+            self._dispatch(buffered_input(self._chunks or []))
+
+    def _on_need_data(self) -> None:
+        if self._request is None:
+            if self._phase == _IDLE and self.h1.buffered:
+                # The first bytes of a head: it must now complete within header_timeout.
+                self._phase = _HEAD
+                self._deadline = self.ctx.clock.now + self.ctx.header_timeout
+            return
+        if self._dispatched or self._draining:
+            return
+        # The body is still in flight.
+        chunks = self._chunks or []
+        self._chunks = None
+        if self.ctx.executor is not None:
+            stream = StreamInput(self._input_wanted_threadsafe)
+            for chunk in chunks:
+                stream.feed(chunk)
+            self._stream = stream
+            self._dispatch(stream)
+        else:
+            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+            for chunk in chunks:
+                spool.write(chunk)
+            self._spool = spool
+            # We read the body on the application's behalf, so the client may send it.
+            cont = self.h1.send_continue()
+            if cont and self.transport is not None:
+                self.transport.write(cont)
+
+    def _input_wanted_threadsafe(self) -> None:
+        self.ctx.loop.call_soon_threadsafe(self._input_wanted)
+
+    def _input_wanted(self) -> None:
+        """The application read (or drained) ``wsgi.input``: 100 Continue, resume reading."""
+        if self._lost or self._lingering or self.transport is None:
+            return
+        cont = self.h1.send_continue()
+        if cont:
+            self.transport.write(cont)
+        stream = self._stream
+        if stream is not None and stream.buffered < THREAD_HIGH_WATER // 2:
+            self._resume_reading()
+
+    def _dispatch(self, wsgi_input: object) -> None:
+        request = self._request
+        assert request is not None
+        ctx = self.ctx
+        environ = build_environ(self._environ_base, request, wsgi_input)
+        self._environ = environ
+        self._dispatched = True
+        self._phase = _APP
+        self._deadline = INF
+        self._sent = 0
+        if ctx.access_log is not None:
+            self._started = time.monotonic()
+        head_request = request.method == b"HEAD"
+        if ctx.executor is None:
+            self._budget = PUMP_BUDGET
+            exchange = Exchange(ctx.app, environ, self, ctx.clock, head_request=head_request)
+            self._exchange = exchange
+            exchange.start()
+        else:
+            sink = ThreadedSink(self)
+            self._tsink = sink
+            exchange = Exchange(
+                ctx.app, environ, sink, ctx.clock, head_request=head_request, blocking=True
+            )
+            ctx.executor.submit(exchange.run_blocking)
+
+    # ------------------------------------------------------------ Sink (loop thread)
+
+    @property
+    def disconnected(self) -> bool:
+        return self._lost
+
+    def writable(self) -> bool:
+        if self._write_paused or self._sf_active or self._lost:
+            return False
+        self._budget -= 1
+        if self._budget < 0:
+            # Fairness: let other connections run, then continue.
+            self.ctx.loop.call_soon(self._resume_exchange)
+            return False
+        return True
+
+    def wait_writable(self) -> bool:
+        return not self._lost
+
+    @property
+    def send_blocked(self) -> bool:
+        """The transport is paused or a sendfile is running."""
+        return self._write_paused or self._sf_active
+
+    def send_head(self, response: Response, body: bytes, end: bool) -> None:
+        transport = self.transport
+        if transport is None or self._lost or self.h1.our_state is not IDLE:
+            return
+        if self._closing or self.ctx.shutting_down:
+            response.close = True
+        h1 = self.h1
+        self._response = response
+        out = h1.send_response(response)
+        if body:
+            framed = h1.send_data(body)
+            if framed:
+                self._sent += len(body)
+            if len(framed) > 16384:
+                transport.write(out)
+                out = framed
+            else:
+                out += framed
+        if not end:
+            transport.write(out)
+            return
+        try:
+            out += h1.send_end()
+        except LocalProtocolError as exc:
+            transport.write(out)
+            self._abort_response(str(exc))
+            return
+        transport.write(out)
+        self._after_response()
+
+    def send_body(self, data: bytes) -> None:
+        if self._lost or self.transport is None or self.h1.our_state is not SEND_BODY:
+            return
+        self._sent += len(data)
+        self.transport.write(self.h1.send_data(data))
+
+    def send_file(self, fd: int, offset: int, count: int) -> None:
+        if self._lost or self.transport is None or self.h1.our_state is not SEND_BODY:
+            return
+        if not self.h1.prepare_raw(count):
+            return  # HEAD: the head was the whole response
+        sock = self.transport.get_extra_info("socket")
+        self._sf_sock = sock.fileno()
+        self._sf_fd = fd
+        self._sf_offset = offset
+        self._sf_count = count
+        self._sf_active = True
+        self._sent += count
+        self._sf_step()
+
+    def finish(self) -> None:
+        if self._lost or self.transport is None or self.h1.our_state is not SEND_BODY:
+            return
+        if self._sf_active:
+            self._finish_pending = True
+            return
+        try:
+            tail = self.h1.send_end()
+        except LocalProtocolError as exc:
+            self._abort_response(str(exc))
+            return
+        if tail:
+            self.transport.write(tail)
+        self._after_response()
+
+    def send_error(self, status: int) -> None:
+        if self.h1.our_state is not IDLE:
+            self.abort()
+            return
+        response, body = error_response(status, self.ctx.clock.date_server)
+        self.send_head(response, body, True)
+
+    def abort(self) -> None:
+        """Abort the response: reset the connection (never a well-framed truncated body)."""
+        self._exchange = None
+        self.h1.send_failed()
+        self._log_access()
+        if self._sf_active:
+            self._sf_cleanup()
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    def _abort_response(self, reason: str) -> None:
+        environ = self._environ or {}
+        error_log.error(
+            "%s %s: %s; connection aborted",
+            environ.get("REQUEST_METHOD"),
+            environ.get("RAW_URI"),
+            reason,
+        )
+        self.abort()
+
+    def _resume_exchange(self) -> None:
+        exchange = self._exchange
+        if exchange is None or self._tsink is not None or exchange.finished:
+            return
+        if self._write_paused or self._sf_active or self._lost:
+            return
+        self._budget = PUMP_BUDGET
+        exchange.pump()
+
+    # ------------------------------------------------------------ after a response
+
+    def _log_access(self) -> None:
+        ctx = self.ctx
+        if ctx.access_log is not None and self._environ is not None:
+            response = self._response
+            ctx.access_log.log(
+                AccessRecord(
+                    self._environ,
+                    response.status if response is not None else 0,
+                    self._sent,
+                    time.monotonic() - self._started,
+                    response.headers if response is not None else b"",
+                )
+            )
+        self._environ = None
+
+    def _after_response(self) -> None:
+        """The response is fully handed to the transport: next request, drain or close."""
+        self._log_access()
+        self._exchange = None
+        self._tsink = None
+        self._response = None
+        if self.ctx.on_request_done is not None:
+            self.ctx.on_request_done()
+        self._continue_cycle()
+
+    def _continue_cycle(self) -> None:
+        """Start the next request cycle, drain an unread body, or close."""
+        ctx = self.ctx
+        h1 = self.h1
+        their = h1.their_state
+        if h1.our_state is not DONE or their is MUST_CLOSE or their is ERROR:
+            self._close_after_response()
+            return
+        if their is SEND_BODY:
+            # The application did not read the whole body: drain it so the next
+            # request starts at a message boundary, or close if it is too large.
+            if self._stream is not None:
+                self._stream.discard()
+                self._stream = None
+            self._draining = True
+            self._drained = 0
+            self._phase = _BODY
+            self._deadline = ctx.clock.now + ctx.body_timeout
+            self._resume_reading()
+            if not self._in_process:
+                self._process()
+            return
+        self._request = None
+        self._stream = None
+        self._drop_spool()
+        h1.start_next_cycle()
+        if self._closing or ctx.shutting_down:
+            self._close_after_response()
+            return
+        self._phase = _IDLE
+        self._deadline = ctx.clock.now + ctx.keep_alive
+        self._resume_reading()
+        if not self._in_process and (h1.buffered or h1.eof):
+            self._process()
+
+    def _close_after_response(self) -> None:
+        """Close once the last response is written, without resetting the client."""
+        transport = self.transport
+        if transport is None or self._lost or self._lingering or transport.is_closing():
+            return
+        h1 = self.h1
+        if h1.eof:
+            transport.close()
+            return
+        # Half-close and discard whatever the client still sends, so the kernel does
+        # not answer unread data with a reset that could destroy our response.
+        self._lingering = True
+        self._phase = _LINGER
+        self._deadline = self.ctx.clock.now + LINGER
+        self._drop_spool()
+        self._resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    def _drop_spool(self) -> None:
+        spool = self._spool
+        if spool is not None:
+            self._spool = None
+            spool.close()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self._lost:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self._lost:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------ errors and timeouts
+
+    def _on_protocol_error(self, exc: RemoteProtocolError) -> None:
+        environ = self._environ_base
+        error_log.info(
+            "Bad request from %s: %s (%d)", environ.get("REMOTE_ADDR") or "unix", exc.reason, exc.status
+        )
+        self._reply_error(exc)
+
+    def _reply_error(self, exc: RemoteProtocolError) -> None:
+        """Answer ``exc.status`` if no response has started, then close; else abort."""
+        if self._stream is not None:
+            self._stream.feed_error(exc)
+        if self._tsink is not None:
+            # The application thread may still be running: its output is discarded.
+            self._tsink.cancel()
+            self._tsink = None
+        self._exchange = None
+        self._draining = False
+        if self.h1.our_state is IDLE:
+            response, body = error_response(exc.status, self.ctx.clock.date_server)
+            self._closing = True
+            self.send_head(response, body, True)
+        else:
+            self.abort()
+
+    def check_timeout(self, now: float) -> None:
+        if now >= self._write_deadline:
+            error_log.debug("client stopped reading the response; connection dropped")
+            self.abort()
+            return
+        if now < self._deadline:
+            return
+        self._deadline = INF
+        phase = self._phase
+        if phase == _IDLE or phase == _LINGER:
+            self._close_transport()
+        elif phase == _HEAD:
+            self._reply_error(RequestTimeout("request head not received in time"))
+        elif phase == _BODY:
+            if self._draining:
+                self._close_transport()
+            else:
+                self._reply_error(RequestTimeout("request body not received in time"))
+
+    def begin_shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, else after the current response."""
+        self._closing = True
+        if self._phase == _IDLE and self._request is None and not self.h1.buffered:
+            self._close_after_response()
+
+    # ------------------------------------------------------------ sendfile
+
+    def _sf_step(self) -> None:
+        if self._lost or not self._sf_active:
+            self._sf_cleanup()
+            return
+        transport = self.transport
+        assert transport is not None
+        if transport.get_write_buffer_size():
+            self._sf_wait()  # the head is still queued: sendfile must come after it
+            return
+        sent_now = 0
+        while self._sf_count > 0:
+            try:
+                n = os.sendfile(
+                    self._sf_sock, self._sf_fd, self._sf_offset, min(self._sf_count, SENDFILE_BUDGET)
+                )
+            except BlockingIOError:
+                self._sf_wait()
+                return
+            except OSError as exc:
+                error_log.debug("sendfile failed: %s", exc)
+                self._sf_cleanup()
+                self.abort()
+                return
+            if n == 0:
+                self._sf_cleanup()
+                self._abort_response("file shorter than its Content-Length")
+                return
+            self._sf_offset += n
+            self._sf_count -= n
+            sent_now += n
+            if sent_now >= SENDFILE_BUDGET and self._sf_count:
+                self._sf_unwait()
+                self.ctx.loop.call_soon(self._sf_step)
+                return
+        self._sf_cleanup()
+        if self._tsink is not None:
+            self._tsink.update(self._write_paused)
+        if self._finish_pending:
+            self._finish_pending = False
+            self.finish()
+        elif self._tsink is None:
+            self._resume_exchange()
+
+    def _sf_wait(self) -> None:
+        if self._sf_dup < 0:
+            self._sf_dup = os.dup(self._sf_sock)
+            self.ctx.loop.add_writer(self._sf_dup, self._sf_step)
+
+    def _sf_unwait(self) -> None:
+        if self._sf_dup >= 0:
+            self.ctx.loop.remove_writer(self._sf_dup)
+            os.close(self._sf_dup)
+            self._sf_dup = -1
+
+    def _sf_cleanup(self) -> None:
+        self._sf_unwait()
+        self._sf_active = False
+
+
+class ThreadedSink:
+    """The :class:`~rapidwsgi.bridge.Sink` an application thread uses.
+
+    Application-thread methods queue the call onto the loop and account the bytes in
+    flight; ``writable``/``wait_writable`` hold the thread back while the loop has more
+    than ``THREAD_HIGH_WATER`` bytes queued, the transport is paused or a sendfile
+    runs. Loop-thread methods (``update``, ``set_disconnected``, ``cancel``) release it.
+    """
+
+    def __init__(self, conn: HTTPConnection) -> None:
+        self._conn = conn
+        self._call: Callable[..., Any] = conn.ctx.loop.call_soon_threadsafe
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = 0
+        self._blocked = False
+        self._disconnected = False
+        self._cancelled = False
+
+    # -- application thread
+
+    @property
+    def disconnected(self) -> bool:
+        return self._disconnected
+
+    def writable(self) -> bool:
+        return not self._disconnected and not self._blocked and self._pending < THREAD_HIGH_WATER
+
+    def wait_writable(self) -> bool:
+        with self._cond:
+            while not self.writable():
+                if self._disconnected:
+                    return False
+                self._cond.wait(1.0)
+            return True
+
+    def _queue(self, size: int) -> None:
+        with self._cond:
+            self._pending += size
+
+    def send_head(self, response: Response, body: bytes, end: bool) -> None:
+        self._queue(len(body))
+        self._call(self._deliver, self._conn.send_head, len(body), response, body, end)
+
+    def send_body(self, data: bytes) -> None:
+        self._queue(len(data))
+        self._call(self._deliver, self._conn.send_body, len(data), data)
+
+    def send_file(self, fd: int, offset: int, count: int) -> None:
+        with self._cond:
+            self._blocked = True
+        self._call(self._deliver_file, fd, offset, count)
+
+    def finish(self) -> None:
+        self._call(self._deliver, self._conn.finish, 0)
+
+    def send_error(self, status: int) -> None:
+        self._call(self._deliver, self._conn.send_error, 0, status)
+
+    def abort(self) -> None:
+        self._call(self._deliver, self._conn.abort, 0)
+
+    # -- loop thread
+
+    def _deliver(self, method: Callable[..., None], size: int, *args: Any) -> None:
+        if not self._cancelled:
+            method(*args)
+        if size:
+            with self._cond:
+                self._pending -= size
+                self._cond.notify_all()
+
+    def _deliver_file(self, fd: int, offset: int, count: int) -> None:
+        conn = self._conn
+        if not self._cancelled:
+            conn.send_file(fd, offset, count)
+        self.update(conn.send_blocked)
+
+    def update(self, blocked: bool) -> None:
+        with self._cond:
+            self._blocked = blocked
+            self._cond.notify_all()
+
+    def set_disconnected(self) -> None:
+        with self._cond:
+            self._disconnected = True
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """The server answered for the application (e.g. 400): drop its output."""
+        self._cancelled = True
+        self.set_disconnected()

@@ -1,0 +1,166 @@
+"""The protocol-neutral vocabulary every front-end speaks.
+
+A front-end (HTTP/1.1 today; uwsgi and FastCGI later) turns wire bytes into these
+events and turns :class:`Response` / body bytes back into wire bytes. Everything above
+the protocol layer (the WSGI adapter, the connection) only ever sees these classes.
+
+Contract: events are plain value objects; they hold bytes exactly as received
+(header names lower-cased) and never refer back to a connection or a socket.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Request:
+    """A complete request head.
+
+    ``target`` is the request-target as sent (for RAW_URI); ``path`` and ``query`` are
+    its origin-form parts (``path`` is still percent-encoded); ``authority`` is the
+    host from an absolute-form target (RFC 9112 §3.2.2: it overrides ``Host``).
+    ``headers`` keeps every field line in order with the name lower-cased.
+    Body framing: ``chunked`` or else ``content_length`` bytes (0 = no body).
+    ``extra`` carries CGI variables a gateway protocol (uwsgi, FastCGI) supplied.
+    """
+
+    __slots__ = (
+        "authority",
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "extra",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        path: bytes,
+        query: bytes,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        authority: bytes | None = None,
+        content_length: int = 0,
+        chunked: bool = False,
+        keep_alive: bool = True,
+        expect_continue: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.authority = authority
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.extra = extra
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Request(method={self.method!r}, target={self.target!r}, "
+            f"version={self.version!r}, headers={self.headers!r}, "
+            f"content_length={self.content_length}, chunked={self.chunked}, "
+            f"keep_alive={self.keep_alive}, expect_continue={self.expect_continue})"
+        )
+
+
+class Data:
+    """A piece of request body, already de-framed."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Data({self.data!r})"
+
+
+class EndOfMessage:
+    """The request body is complete. ``trailers`` holds chunked trailer fields."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.trailers = trailers if trailers is not None else []
+
+    def __repr__(self) -> str:
+        return f"EndOfMessage(trailers={self.trailers!r})"
+
+
+class ConnectionClosed:
+    """The peer closed its side cleanly between requests."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ConnectionClosed()"
+
+
+class Response:
+    """A response head as the shared response writer built it.
+
+    ``status_line`` is e.g. ``b"200 OK"``; ``headers`` is the already validated and
+    serialised block of ``Name: value\\r\\n`` lines (Date and Server included).
+    ``content_length`` is the app's Content-Length, if it gave one; ``close`` is True
+    when the application asked for ``Connection: close``. Framing headers
+    (Content-Length / Transfer-Encoding / Connection) are the protocol's business.
+    """
+
+    __slots__ = ("close", "content_length", "headers", "status", "status_line")
+
+    def __init__(
+        self,
+        status: int,
+        status_line: bytes,
+        headers: bytes,
+        content_length: int | None = None,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.status_line = status_line
+        self.headers = headers
+        self.content_length = content_length
+        self.close = close
+
+    def __repr__(self) -> str:
+        return (
+            f"Response({self.status}, {self.status_line!r}, {self.headers!r}, "
+            f"content_length={self.content_length}, close={self.close})"
+        )
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: ``next_event()`` needs more bytes before it can say anything.
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+#: ``next_event()`` will not parse further until the current response is finished
+#: (pipelined requests wait their turn, RFC 9112 §9.3.2).
+PAUSED: Final = _Sentinel("PAUSED")
+
+Event = Request | Data | EndOfMessage | ConnectionClosed

@@ -1,0 +1,211 @@
+"""Error log set-up, the coarse clock with its cached ``Date`` header, and access logs.
+
+Contract: :class:`Clock` is refreshed once per second by the server's tick (the only
+place that reads the wall clock on the hot path), so every response in that second
+shares one pre-encoded ``Date:`` line (RFC 9110 §6.6.1 allows second resolution).
+:class:`AccessLog` compiles a gunicorn-style format once; rendering a line is a join
+of precomputed pieces, and every value taken from the request is escaped so that
+control bytes cannot forge log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from email.utils import formatdate
+from typing import IO, Any, Final, TextIO
+
+ERROR_LOGGER: Final = "rapidwsgi.error"
+LOG_FORMAT: Final = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+LOG_DATEFMT: Final = "%Y-%m-%d %H:%M:%S %z"
+
+error_log: Final = logging.getLogger(ERROR_LOGGER)
+
+
+def setup_error_log(level: str, target: str = "-") -> TextIO:
+    """Configure the error logger; return the stream used (for ``wsgi.errors``)."""
+    stream: TextIO
+    if target in ("-", ""):
+        stream = sys.stderr
+    else:
+        stream = open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    error_log.handlers[:] = [handler]
+    error_log.setLevel(level.upper())
+    error_log.propagate = False
+    return stream
+
+
+class Clock:
+    """Coarse monotonic time plus the per-second header and log timestamps."""
+
+    def __init__(self, server: str | None = "rapidwsgi", date: bool = True) -> None:
+        self._server = f"Server: {server}\r\n".encode("latin-1") if server else b""
+        self._date_enabled = date
+        self.now: float = 0.0
+        self.wall: float = 0.0
+        #: (Date + Server, Date only, Server only), see ``wsgi.build_response``.
+        self.date_server: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        self.log_time: str = ""
+        self.update()
+
+    def update(self) -> None:
+        self.now = time.monotonic()
+        wall = time.time()
+        if int(wall) != int(self.wall) or not self.log_time:
+            date = (
+                b"Date: " + formatdate(wall, usegmt=True).encode("ascii") + b"\r\n"
+                if self._date_enabled
+                else b""
+            )
+            self.date_server = (date + self._server, date, self._server)
+            self.log_time = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(wall))
+        self.wall = wall
+
+
+# ---------------------------------------------------------------------- access log
+
+COMMON: Final = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s'
+COMBINED: Final = COMMON + ' "%(f)s" "%(a)s"'
+NAMED_FORMATS: Final = {"common": COMMON, "combined": COMBINED}
+
+# Control bytes, DEL, the quote and the backslash are escaped as in Apache's mod_log_config.
+_ESCAPES: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x22: '\\"', 0x5C: "\\\\"}
+
+
+def escape(value: str) -> str:
+    return value.translate(_ESCAPES)
+
+
+class AccessRecord:
+    """What the connection knows about one finished exchange."""
+
+    __slots__ = ("duration", "environ", "response_headers", "sent", "status")
+
+    def __init__(
+        self,
+        environ: Mapping[str, Any],
+        status: int,
+        sent: int,
+        duration: float,
+        response_headers: bytes,
+    ) -> None:
+        self.environ = environ
+        self.status = status
+        self.sent = sent
+        self.duration = duration
+        self.response_headers = response_headers
+
+
+def _env(key: str, default: str = "-") -> Callable[[AccessRecord], str]:
+    return lambda r: escape(str(r.environ.get(key) or default))
+
+
+def _request_line(r: AccessRecord) -> str:
+    e = r.environ
+    return escape(f"{e.get('REQUEST_METHOD', '-')} {e.get('RAW_URI', '-')} {e.get('SERVER_PROTOCOL', '-')}")
+
+
+def _response_header(name: str) -> Callable[[AccessRecord], str]:
+    pattern = re.compile(rb"(?im)^" + re.escape(name.encode("latin-1")) + rb":[ \t]*(.*?)\r$")
+
+    def get(r: AccessRecord) -> str:
+        m = pattern.search(r.response_headers)
+        return escape(m.group(1).decode("latin-1")) if m else "-"
+
+    return get
+
+
+_ATOMS: Final[dict[str, Callable[[AccessRecord], str]]] = {
+    "h": _env("REMOTE_ADDR"),
+    "l": lambda r: "-",
+    "u": _env("REMOTE_USER"),
+    "r": _request_line,
+    "m": _env("REQUEST_METHOD"),
+    "U": _env("PATH_INFO"),
+    "q": _env("QUERY_STRING", ""),
+    "H": _env("SERVER_PROTOCOL"),
+    "s": lambda r: str(r.status),
+    "B": lambda r: str(r.sent),
+    "b": lambda r: str(r.sent) if r.sent else "-",
+    "f": _env("HTTP_REFERER"),
+    "a": _env("HTTP_USER_AGENT"),
+    "T": lambda r: str(int(r.duration)),
+    "M": lambda r: str(int(r.duration * 1000)),
+    "D": lambda r: str(int(r.duration * 1_000_000)),
+    "L": lambda r: f"{r.duration:.6f}",
+    "p": lambda r: f"<{os.getpid()}>",
+}
+_ATOM_RE: Final = re.compile(r"%\((\{[^}]*\}[ieo]|[a-zA-Z])\)s")
+
+
+def compile_format(fmt: str, clock: Clock) -> Callable[[AccessRecord], str]:
+    """Compile a gunicorn-compatible format (``%(h)s``, ``%({header}i)s``, ...)."""
+    fmt = NAMED_FORMATS.get(fmt, fmt)
+    pieces: list[Callable[[AccessRecord], str] | str] = []
+    last = 0
+    for m in _ATOM_RE.finditer(fmt):
+        if m.start() > last:
+            pieces.append(fmt[last : m.start()].replace("%%", "%"))
+        atom = m.group(1)
+        if atom == "t":
+            pieces.append(lambda r: clock.log_time)
+        elif atom.startswith("{"):
+            name, kind = atom[1:-2], atom[-1]
+            if kind == "i":
+                pieces.append(_env("HTTP_" + name.upper().replace("-", "_")))
+            elif kind == "e":
+                pieces.append(_env(name))
+            else:
+                pieces.append(_response_header(name))
+        elif atom in _ATOMS:
+            pieces.append(_ATOMS[atom])
+        else:
+            raise ValueError(f"unknown access log atom %({atom})s")
+        last = m.end()
+    if last < len(fmt):
+        pieces.append(fmt[last:].replace("%%", "%"))
+
+    def render(record: AccessRecord) -> str:
+        return "".join([p if isinstance(p, str) else p(record) for p in pieces]) + "\n"
+
+    return render
+
+
+class AccessLog:
+    """Writes one line per finished exchange to a file or stdout."""
+
+    def __init__(self, target: str, fmt: str, clock: Clock) -> None:
+        self.target = target
+        self.render = compile_format(fmt, clock)
+        self.stream: IO[str] = self._open()
+
+    def _open(self) -> IO[str]:
+        if self.target == "-":
+            return sys.stdout
+        return open(self.target, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+
+    def log(self, record: AccessRecord) -> None:
+        try:
+            self.stream.write(self.render(record))
+        except Exception:  # a broken log must never break serving
+            error_log.exception("access log write failed")
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except Exception:
+            error_log.exception("access log flush failed")
+
+    def reopen(self) -> None:
+        """Reopen the file (log rotation); stdout is left alone."""
+        if self.target == "-":
+            return
+        old = self.stream
+        self.stream = self._open()
+        old.close()

@@ -1,0 +1,174 @@
+"""Listening sockets: parsing bind addresses and creating TCP, unix and inherited sockets.
+
+Contract: :func:`parse_address` accepts ``HOST:PORT``, ``[IPv6]:PORT``, ``HOST`` (port
+8000), ``unix:PATH`` and ``fd://N``; :func:`bind` returns a listening, non-blocking
+socket or raises :class:`~rapidwsgi.errors.BindError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from typing import Final
+
+from .errors import BindError
+
+DEFAULT_PORT: Final = 8000
+
+
+class Address:
+    """A parsed bind address. ``kind`` is ``"tcp"``, ``"unix"`` or ``"fd"``."""
+
+    __slots__ = ("fd", "host", "kind", "path", "port", "text")
+
+    def __init__(
+        self,
+        kind: str,
+        text: str,
+        *,
+        host: str = "",
+        port: int = 0,
+        path: str = "",
+        fd: int = -1,
+    ) -> None:
+        self.kind = kind
+        self.text = text
+        self.host = host
+        self.port = port
+        self.path = path
+        self.fd = fd
+
+    def __repr__(self) -> str:
+        return f"Address({self.text!r})"
+
+
+def parse_address(text: str) -> Address:
+    """Parse one ``--bind`` value (see the module docstring)."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise BindError(f"{text!r}: empty unix socket path")
+        return Address("unix", text, path=path)
+    if text.startswith("fd://"):
+        try:
+            fd = int(text[5:])
+        except ValueError:
+            raise BindError(f"{text!r}: expected fd://N with a file descriptor number") from None
+        if fd < 0:
+            raise BindError(f"{text!r}: file descriptor must be >= 0")
+        return Address("fd", text, fd=fd)
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise BindError(f"{text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") > 1:
+        raise BindError(f"{text!r}: put IPv6 addresses in brackets, e.g. [::1]:8000")
+    else:
+        host, _, port_text = text.partition(":")
+        if ":" not in text:
+            port_text = str(DEFAULT_PORT)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BindError(f"{text!r}: invalid port {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise BindError(f"{text!r}: port out of range")
+    return Address("tcp", text, host=host or "0.0.0.0", port=port)
+
+
+def bind(address: Address, backlog: int = 2048, umask: int = 0) -> socket.socket:
+    """Create the listening socket for ``address``."""
+    try:
+        if address.kind == "unix":
+            sock = _bind_unix(address.path, umask)
+        elif address.kind == "fd":
+            sock = _adopt_fd(address.fd)
+        else:
+            sock = _bind_tcp(address.host, address.port)
+        sock.listen(backlog)
+    except BindError:
+        raise
+    except OSError as exc:
+        raise BindError(f"cannot listen on {address.text}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, socktype, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot bind to {_format(host, port)}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _bind_unix(path: str, umask: int) -> socket.socket:
+    _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(umask)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot bind to unix:{path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old)
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Remove a leftover socket file nobody listens on; refuse to touch anything else."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(f"cannot bind to unix:{path}: a file that is not a socket exists there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            os.unlink(path)
+            return
+        raise BindError(f"cannot bind to unix:{path}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    raise BindError(f"cannot bind to unix:{path}: Address already in use")
+
+
+def _adopt_fd(fd: int) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise BindError(f"fd://{fd}: not a usable socket: {exc.strerror or exc}") from None
+    if sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise BindError(f"fd://{fd}: not a stream socket")
+    return sock
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe(sock: socket.socket) -> str:
+    """A URL-ish name for a listening socket, e.g. ``http://127.0.0.1:8000``."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name if isinstance(name, str) else name.decode()}"
+    host, port = name[0], name[1]
+    return f"http://{_format(host, port)}"

@@ -1,0 +1,414 @@
+"""PEP 3333 without I/O: environ building, response-head validation, input streams.
+
+Contract:
+
+* :func:`build_environ` turns a :class:`~rapidwsgi.events.Request` from any front-end
+  into a WSGI environ, starting from a per-connection base dict (server and peer
+  facts computed once per connection, not per request).
+* :func:`build_response` validates what an application passed to ``start_response``
+  (status line, header names and values as native strings, no CR/LF, no hop-by-hop
+  headers) and serialises it once. It is the one response writer every front-end uses;
+  framing headers are left to the protocol.
+* :class:`StreamInput` is the ``wsgi.input`` fed by the event loop and read by an
+  application thread; complete bodies use :class:`io.BytesIO`.
+
+Nothing here touches sockets or the event loop; thread hand-off is done through the
+callbacks a connection passes in.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import IO, Any, Final
+from urllib.parse import unquote_to_bytes
+
+from .errors import AppError, ClientDisconnected
+from .events import Request, Response
+
+__all__ = [
+    "EMPTY_INPUT",
+    "FileWrapper",
+    "StreamInput",
+    "build_environ",
+    "build_response",
+    "error_response",
+]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Callable[[bytes], None]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+# ---------------------------------------------------------------------- environ
+
+# Request header names already converted to environ keys; "" marks a name that is
+# dropped. Names containing "_" are dropped so that "X-Forwarded_For" cannot pose as
+# "X-Forwarded-For" once both become HTTP_X_FORWARDED_FOR (the waitress rule).
+_ENVIRON_KEYS: dict[bytes, str] = {
+    b"content-type": "CONTENT_TYPE",
+    b"content-length": "",  # set from the parsed framing, see build_environ
+}
+_MAX_CACHED_KEYS: Final = 512
+
+
+def _environ_key(name: bytes) -> str:
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        key = "" if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < _MAX_CACHED_KEYS:
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
+def build_environ(base: Environ, request: Request, wsgi_input: object) -> Environ:
+    """A fresh environ for ``request`` (PEP 3333 §"environ Variables").
+
+    ``base`` holds the per-connection keys (SERVER_*, REMOTE_*, wsgi.* constants,
+    SCRIPT_NAME). PATH_INFO is percent-decoded and then decoded as latin-1 so that
+    the original bytes survive (PEP 3333 "bytes-as-unicode"); QUERY_STRING and
+    RAW_URI / REQUEST_URI are the raw bytes as latin-1.
+    """
+    environ = base.copy()
+    path = request.path
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    path_info = path.decode("latin-1")
+    script_name: str = environ["SCRIPT_NAME"]
+    if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+        path_info = path_info[len(script_name) :]
+    target = request.target.decode("latin-1")
+    environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+    environ["PATH_INFO"] = path_info
+    environ["QUERY_STRING"] = request.query.decode("latin-1")
+    environ["RAW_URI"] = target
+    environ["REQUEST_URI"] = target
+    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.version == b"1.1" else "HTTP/1.0"
+    environ["wsgi.input"] = wsgi_input
+    if request.content_length:
+        environ["CONTENT_LENGTH"] = str(request.content_length)
+    for name, value in request.headers:
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = _environ_key(name)
+        if not key:
+            continue
+        text = value.decode("latin-1")
+        if key in environ:
+            # RFC 9110 §5.3: repeated fields combine into one comma-separated list;
+            # Cookie uses "; " (RFC 6265 §5.4).
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
+        else:
+            environ[key] = text
+    if request.authority is not None:
+        # RFC 9112 §3.2.2: the absolute-form target's authority replaces Host.
+        environ["HTTP_HOST"] = request.authority.decode("latin-1")
+    if request.extra:
+        environ.update(request.extra)
+    return environ
+
+
+class _EmptyInput:
+    """``wsgi.input`` for requests without a body: always at end of stream."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+
+EMPTY_INPUT: Final = _EmptyInput()
+
+
+class StreamInput:
+    """``wsgi.input`` that the event loop feeds while an application thread reads.
+
+    Loop-thread side: :meth:`feed`, :meth:`feed_eof`, :meth:`feed_error`, :meth:`discard`.
+    Application-thread side: the file-like reading API (``read``, ``readline``,
+    ``readlines``, iteration). ``on_wanted`` is called (from the reading thread, so it
+    must be thread-safe, e.g. ``loop.call_soon_threadsafe``) the first time the
+    application reads (the moment to send ``100 Continue``) and whenever the buffer
+    drains below half of ``high_water`` (the moment to resume reading the socket).
+    """
+
+    def __init__(self, on_wanted: Callable[[], None], high_water: int = 256 * 1024) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._buf = bytearray()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._on_wanted = on_wanted
+        self._high_water = high_water
+        self._started = False
+        self._discarding = False
+
+    # -- loop side
+
+    def feed(self, data: bytes) -> bool:
+        """Append body bytes; True means the buffer is full and reading should pause."""
+        with self._cond:
+            if self._discarding:
+                return False
+            self._buf += data
+            self._cond.notify_all()
+            return len(self._buf) >= self._high_water
+
+    def feed_eof(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def feed_error(self, exc: BaseException) -> None:
+        with self._cond:
+            self._error = exc
+            self._cond.notify_all()
+
+    def discard(self) -> None:
+        """Forget buffered bytes and ignore further ones (the response is done)."""
+        with self._cond:
+            self._discarding = True
+            self._buf.clear()
+            self._error = ClientDisconnected("request finished")
+            self._cond.notify_all()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    # -- application side
+
+    def _wait(self) -> bool:
+        """Block until some bytes are buffered or the body ended; False at the end."""
+        if not self._started:
+            self._started = True
+            self._on_wanted()
+        while not self._buf:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return False
+            self._cond.wait()
+        return True
+
+    def _take(self, n: int) -> bytes:
+        buf = self._buf
+        half = self._high_water // 2
+        was_full = len(buf) >= half
+        data = bytes(buf[:n])
+        del buf[:n]
+        if was_full and len(buf) < half:
+            self._on_wanted()
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read ``size`` bytes (all, if negative or None), fewer only at end of body."""
+        limit = sys.maxsize if size is None or size < 0 else size
+        parts: list[bytes] = []
+        got = 0
+        with self._cond:
+            while got < limit and self._wait():
+                part = self._take(min(limit - got, len(self._buf)))
+                parts.append(part)
+                got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = sys.maxsize if size is None or size < 0 else size
+        parts: list[bytes] = []
+        got = 0
+        with self._cond:
+            while got < limit and self._wait():
+                buf = self._buf
+                i = buf.find(b"\n", 0, limit - got)
+                if i >= 0:
+                    parts.append(self._take(i + 1))
+                    break
+                part = self._take(min(limit - got, len(buf)))
+                parts.append(part)
+                got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper`` (PEP 3333 §"Optional Platform-Specific File Handling").
+
+    Iterating reads ``blksize`` blocks; the server recognises an instance wrapping a
+    regular file and sends it with ``sendfile(2)`` instead of iterating.
+    """
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+# ---------------------------------------------------------------------- responses
+
+# PEP 3333 §"The start_response() Callable": status is "NNN reason"; headers are
+# (name, value) native strings. The block pattern validates every header at once:
+# names are tokens (RFC 9110 §5.1) and values hold no CR, LF, NUL or other control
+# characters and nothing outside latin-1, so nothing an app sends can split the head.
+_STATUS: Final = re.compile(r"([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
+_HEADER_BLOCK: Final = re.compile(
+    r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*"
+)
+# RFC 9110 §7.6.1 connection options and the fields PEP 3333 calls hop-by-hop.
+_HOP_BY_HOP: Final = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+_SPECIAL_OUT: Final = _HOP_BY_HOP | {"content-length", "date", "server"}
+
+_status_cache: dict[str, tuple[int, bytes]] = {}
+
+
+def _parse_status(status: object) -> tuple[int, bytes]:
+    if type(status) is not str:
+        raise AppError(f"status must be a str, not {type(status).__name__}")
+    cached = _status_cache.get(status)
+    if cached is not None:
+        return cached
+    m = _STATUS.fullmatch(status)
+    if m is None:
+        raise AppError(f"invalid status line {status!r} (expected e.g. '200 OK')")
+    code = int(m.group(1))
+    if code < 200:
+        raise AppError(f"informational status {status!r} cannot be sent by a WSGI app")
+    parsed = (code, status.encode("latin-1"))
+    if len(_status_cache) < 256:
+        _status_cache[status] = parsed
+    return parsed
+
+
+def build_response(
+    status: object, headers: object, date_server: tuple[bytes, bytes, bytes]
+) -> Response:
+    """Validate and serialise an application's ``start_response`` arguments.
+
+    ``date_server`` is ``(date_and_server, date_only, server_only)``: the cached
+    ``Date``/``Server`` lines to add unless the application set its own.
+    Raises :class:`AppError` on any PEP 3333 or RFC 9110 violation.
+    """
+    code, status_line = _parse_status(status)
+    if type(headers) is not list:
+        raise AppError(f"response headers must be a list, not {type(headers).__name__}")
+    content_length: int | None = None
+    close = False
+    has_date = has_server = False
+    parts: list[str] = []
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise AppError(f"response header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if type(name) is not str or type(value) is not str:
+            raise AppError(f"response header {item!r} must be a pair of str")
+        lname = name.lower()
+        if lname in _SPECIAL_OUT:
+            if lname == "content-length":
+                text = value.strip()
+                if not text.isdigit() or not text.isascii():
+                    raise AppError(f"invalid Content-Length {value!r}")
+                if content_length is not None and content_length != int(text):
+                    raise AppError("conflicting Content-Length headers")
+                content_length = int(text)
+                continue
+            if lname == "date":
+                has_date = True
+            elif lname == "server":
+                has_server = True
+            elif lname == "connection" and value.strip().lower() in ("close", "keep-alive"):
+                # The one hop-by-hop field an app may use: asking to close. The
+                # protocol writes the field itself (and "keep-alive" is its decision).
+                close = close or value.strip().lower() == "close"
+                continue
+            else:
+                raise AppError(f"hop-by-hop header {name!r} cannot be set by a WSGI app")
+        parts.append(f"{name}: {value}\r\n")
+    block = "".join(parts)
+    if _HEADER_BLOCK.fullmatch(block) is None:
+        raise AppError(_diagnose_headers(headers))
+    if has_date:
+        extra = b"" if has_server else date_server[2]
+    else:
+        extra = date_server[1] if has_server else date_server[0]
+    return Response(code, status_line, block.encode("latin-1") + extra, content_length, close)
+
+
+def _diagnose_headers(headers: list[tuple[str, str]]) -> str:
+    for name, value in headers:
+        if _HEADER_BLOCK.fullmatch(f"{name}: {value}\r\n") is None:
+            return f"invalid response header {name!r}: {value!r} (control or non-latin-1 characters)"
+    return "invalid response headers"
+
+
+def error_response(
+    status: int, date_server: tuple[bytes, bytes, bytes], close: bool = True
+) -> tuple[Response, bytes]:
+    """A minimal plain-text response the server itself sends (4xx/5xx)."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = f"{status} {phrase}\n".encode("latin-1")
+    head = b"Content-Type: text/plain; charset=utf-8\r\n" + date_server[0]
+    return Response(status, f"{status} {phrase}".encode("latin-1"), head, len(body), close), body
+
+
+def buffered_input(chunks: list[bytes]) -> object:
+    """``wsgi.input`` for a body that was received completely."""
+    if not chunks:
+        return EMPTY_INPUT
+    return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))

@@ -1,0 +1,157 @@
+"""Shared fixtures: a real rapidwsgi server in a subprocess, on port 0 or a unix socket."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+_LISTENING = re.compile(r"Listening at: (http://\[?([^\]\s]+?)\]?:(\d+)|unix:(\S+)) \(")
+
+
+class ServerProcess:
+    """``python -m rapidwsgi ...`` with stderr captured; knows where it listens."""
+
+    def __init__(
+        self,
+        app: str,
+        *args: str,
+        bind: str | None = "127.0.0.1:0",
+        cwd: Path = TESTS,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        listeners: int = 1,
+    ) -> None:
+        cmd = [sys.executable, "-m", "rapidwsgi"]
+        if bind is not None:
+            cmd += ["--bind", bind]
+        cmd += [*args, app]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(TESTS), str(ROOT / "src"), full_env.get("PYTHONPATH", "")) if p
+        )
+        self.cmd = cmd
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._stderr: list[str] = []
+        self._stdout: list[str] = []
+        self._lock = threading.Lock()
+        self.addresses: list[tuple[str, int] | str] = []
+        self._listening = threading.Event()
+        self._expected = listeners
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self._stderr), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True).start()
+        if wait:
+            self.wait_listening()
+
+    def _pump(self, stream: object, sink: list[str]) -> None:
+        assert stream is not None
+        for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+            line = raw.decode("utf-8", "replace")
+            with self._lock:
+                sink.append(line)
+            m = _LISTENING.search(line)
+            if m and sink is self._stderr:
+                if m.group(4):
+                    self.addresses.append(m.group(4))
+                else:
+                    self.addresses.append((m.group(2), int(m.group(3))))
+                if len(self.addresses) >= self._expected:
+                    self._listening.set()
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"server did not start (exit {self.proc.poll()}):\n{self.stderr}"
+                )
+
+    @property
+    def address(self) -> tuple[str, int] | str:
+        return self.addresses[0]
+
+    @property
+    def port(self) -> int:
+        addr = self.address
+        assert isinstance(addr, tuple)
+        return addr[1]
+
+    @property
+    def url(self) -> str:
+        addr = self.address
+        assert isinstance(addr, tuple)
+        host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+        return f"http://{host}:{addr[1]}"
+
+    @property
+    def stderr(self) -> str:
+        with self._lock:
+            return "".join(self._stderr)
+
+    @property
+    def stdout(self) -> str:
+        with self._lock:
+            return "".join(self._stdout)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0, stream: str = "stderr") -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            m = regex.search(self.stderr if stream == "stderr" else self.stdout)
+            if m:
+                return m
+            time.sleep(0.02)
+        raise AssertionError(f"{pattern!r} not found in {stream}:\n{self.stderr}")
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server() -> Iterator[type[ServerProcess]]:
+    """Factory fixture: ``start_server("apps:echo", "--threads", "4")``; stopped after the test."""
+    started: list[ServerProcess] = []
+
+    class _Tracked(ServerProcess):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    yield _Tracked
+    for server in started:
+        try:
+            server.stop(timeout=10)
+        except Exception:  # noqa: BLE001 - cleanup must go on
+            pass
