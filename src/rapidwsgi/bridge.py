@@ -20,6 +20,7 @@ on a thread, :meth:`Exchange.run_blocking` waits on the sink instead.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import stat
 from collections.abc import Iterator
@@ -77,6 +78,10 @@ class Exchange:
         self.head_request = head_request
         self.blocking = blocking
         self.use_sendfile = use_sendfile
+        #: Every call into the application (app, iteration, close) runs in this
+        #: context: one per exchange, so context variables neither leak between
+        #: requests nor get lost between the chunks of one response.
+        self.context = contextvars.copy_context()
         self.response: Response | None = None
         self.head_sent = False
         self.sent = 0
@@ -313,6 +318,9 @@ class Exchange:
         result = self._result
         self._result = None
         self._iterator = None
+        kind = type(result)
+        if kind is list or kind is tuple or result is None:
+            return  # the common case; a failed getattr would cost an exception
         close = getattr(result, "close", None)
         if close is not None:
             try:

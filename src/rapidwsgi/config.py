@@ -368,9 +368,16 @@ def _parse_bool(text: str) -> bool:
 # ------------------------------------------------------------------ generators
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad value raises ConfigError (the CLI reports it like any other)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser, generated from the table. Unset options are absent."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rapidwsgi",
         description="rapidwsgi: a fast, strict HTTP/1.1 server for WSGI applications.",
         argument_default=argparse.SUPPRESS,

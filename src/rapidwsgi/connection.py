@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from asyncio.events import _set_running_loop
 import tempfile
 import threading
 import time
@@ -111,6 +112,23 @@ class ServerContext:
         self.on_request_done = on_request_done
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
+        #: Exchanges running on application threads (see ``run_threaded``).
+        self.threads_busy = 0
+        self._busy_lock = threading.Lock()
+
+    def run_threaded(self, exchange: Exchange) -> None:
+        """Submit an exchange to the thread pool, counting it while it runs."""
+        assert self.executor is not None
+        with self._busy_lock:
+            self.threads_busy += 1
+        self.executor.submit(self._thread_main, exchange)
+
+    def _thread_main(self, exchange: Exchange) -> None:
+        try:
+            exchange.context.run(exchange.run_blocking)
+        finally:
+            with self._busy_lock:
+                self.threads_busy -= 1
 
     def tick(self) -> None:
         """Refresh the clock and enforce timeouts; called once per second."""
@@ -228,7 +246,7 @@ class HTTPConnection:
         exchange = self._exchange
         self._exchange = None
         if exchange is not None and not exchange.finished:
-            exchange.disconnect()
+            self._run_inline(exchange, exchange.disconnect)
         self._drop_spool()
 
     def pause_writing(self) -> None:
@@ -328,7 +346,7 @@ class HTTPConnection:
                 self._phase = _HEAD
                 self._deadline = self.ctx.clock.now + self.ctx.header_timeout
             return
-        if self._dispatched or self._draining:
+        if self._dispatched or self._draining or self._spool is not None:
             return
         # The body is still in flight.
         chunks = self._chunks or []
@@ -380,14 +398,29 @@ class HTTPConnection:
             self._budget = PUMP_BUDGET
             exchange = Exchange(ctx.app, environ, self, ctx.clock, head_request=head_request)
             self._exchange = exchange
-            exchange.start()
+            self._run_inline(exchange, exchange.start)
         else:
             sink = ThreadedSink(self)
             self._tsink = sink
             exchange = Exchange(
                 ctx.app, environ, sink, ctx.clock, head_request=head_request, blocking=True
             )
-            ctx.executor.submit(exchange.run_blocking)
+            ctx.run_threaded(exchange)
+
+    def _run_inline(self, exchange: Exchange, step: Callable[[], object]) -> None:
+        """Run one step of an inline exchange as application code.
+
+        Application code must not see the server's event loop as running (Django, for
+        one, refuses synchronous database access when it does), and every step of one
+        exchange runs in the exchange's own context, so context variables an
+        application sets while generating a response survive between chunks.
+        """
+        loop = self.ctx.loop
+        _set_running_loop(None)
+        try:
+            exchange.context.run(step)
+        finally:
+            _set_running_loop(loop)
 
     # ------------------------------------------------------------ Sink (loop thread)
 
@@ -512,7 +545,7 @@ class HTTPConnection:
         if self._write_paused or self._sf_active or self._lost:
             return
         self._budget = PUMP_BUDGET
-        exchange.pump()
+        self._run_inline(exchange, exchange.pump)
 
     # ------------------------------------------------------------ after a response
 

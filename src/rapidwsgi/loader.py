@@ -70,6 +70,10 @@ def _evaluate(module: Any, module_name: str, expression: str) -> Any:
         raise AppLoadError(f"invalid application expression {expression!r}") from None
     if isinstance(node, ast.Call):
         target = _resolve(module, module_name, node.func, expression)
+        if any(kw.arg is None for kw in node.keywords) or any(
+            isinstance(arg, ast.Starred) for arg in node.args
+        ):
+            raise AppLoadError(f"factory arguments in {expression!r} must be literals, without * or ** unpacking")
         try:
             args = [ast.literal_eval(arg) for arg in node.args]
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}

@@ -49,8 +49,8 @@ class Clock:
         self._date_enabled = date
         self.now: float = 0.0
         self.wall: float = 0.0
-        #: (Date + Server, Date only, Server only), see ``wsgi.build_response``.
-        self.date_server: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        #: (Date + Server, Date only, Server only, nothing), see ``wsgi.build_response``.
+        self.date_server: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
         self.log_time: str = ""
         self.update()
 
@@ -63,7 +63,7 @@ class Clock:
                 if self._date_enabled
                 else b""
             )
-            self.date_server = (date + self._server, date, self._server)
+            self.date_server = (date + self._server, date, self._server, b"")
             self.log_time = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(wall))
         self.wall = wall
 
@@ -74,8 +74,13 @@ COMMON: Final = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s'
 COMBINED: Final = COMMON + ' "%(f)s" "%(a)s"'
 NAMED_FORMATS: Final = {"common": COMMON, "combined": COMBINED}
 
-# Control bytes, DEL, the quote and the backslash are escaped as in Apache's mod_log_config.
-_ESCAPES: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x22: '\\"', 0x5C: "\\\\"}
+# Control bytes (C0, DEL and C1: request bytes are decoded as latin-1, so U+0080-U+009F
+# are raw bytes 0x80-0x9F, which terminals and line splitters treat as controls), the
+# quote and the backslash are escaped as in Apache's mod_log_config.
+_ESCAPES: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x22: '\\"',
+    0x5C: "\\\\",
+}
 
 
 def escape(value: str) -> str:

@@ -75,6 +75,7 @@ class Worker:
         self.sockets = sockets
         self.errors = errors if errors is not None else sys.stderr
         self._signal: int | None = None
+        self._stuck_threads = 0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -83,10 +84,18 @@ class Worker:
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
-            return loop.run_until_complete(self._serve())
+            status = loop.run_until_complete(self._serve())
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+        if self._stuck_threads:
+            # Application threads cannot be interrupted, and the interpreter would wait
+            # for them at exit: the grace period is over, so leave without them.
+            error_log.warning("exiting with %d application thread(s) still running", self._stuck_threads)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(status)
+        return status
 
     def _on_signal(self, signum: int) -> None:
         # Only record the signal; _serve() acts on it.
@@ -165,6 +174,7 @@ class Worker:
             access_log.flush()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+            self._stuck_threads = ctx.threads_busy
         error_log.info("Stopped")
         return 0
 

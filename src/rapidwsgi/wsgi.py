@@ -58,7 +58,7 @@ _MAX_CACHED_KEYS: Final = 512
 def _environ_key(name: bytes) -> str:
     key = _ENVIRON_KEYS.get(name)
     if key is None:
-        key = "" if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        key = "" if name.find(b"_") >= 0 else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         if len(_ENVIRON_KEYS) < _MAX_CACHED_KEYS:
             _ENVIRON_KEYS[name] = key
     return key
@@ -74,7 +74,7 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
     """
     environ = base.copy()
     path = request.path
-    if b"%" in path:
+    if path.find(b"%") >= 0:  # not `in`: see _connection.py on bytes.__contains__
         path = unquote_to_bytes(path)
     path_info = path.decode("latin-1")
     script_name: str = environ["SCRIPT_NAME"]
@@ -333,18 +333,47 @@ def _parse_status(status: object) -> tuple[int, bytes]:
     return parsed
 
 
+# Header lists already validated and serialised, keyed by their content (applications
+# send the same few header sets over and over). Bounded: cleared when full.
+_headers_cache: Final[dict[tuple[Any, ...], tuple[bytes, int | None, bool, int]]] = {}
+_MAX_CACHED_HEADERS: Final = 512
+
+# Indexes into Clock.date_server: which of our Date/Server lines to add.
+_ADD_BOTH: Final = 0
+_ADD_DATE: Final = 1
+_ADD_SERVER: Final = 2
+_ADD_NONE: Final = 3
+
+
 def build_response(
-    status: object, headers: object, date_server: tuple[bytes, bytes, bytes]
+    status: object, headers: object, date_server: tuple[bytes, bytes, bytes, bytes]
 ) -> Response:
     """Validate and serialise an application's ``start_response`` arguments.
 
-    ``date_server`` is ``(date_and_server, date_only, server_only)``: the cached
-    ``Date``/``Server`` lines to add unless the application set its own.
+    ``date_server`` is ``(date_and_server, date_only, server_only, b"")``: the cached
+    ``Date``/``Server`` lines, of which those the application did not set are added.
     Raises :class:`AppError` on any PEP 3333 or RFC 9110 violation.
     """
     code, status_line = _parse_status(status)
     if type(headers) is not list:
         raise AppError(f"response headers must be a list, not {type(headers).__name__}")
+    try:
+        key: tuple[Any, ...] | None = tuple(headers)
+        cached = _headers_cache.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable item: _serialise_headers reports it
+        key = cached = None
+    if cached is None:
+        cached = _serialise_headers(headers)
+        if key is not None:
+            if len(_headers_cache) >= _MAX_CACHED_HEADERS:
+                _headers_cache.clear()
+            _headers_cache[key] = cached
+    block, content_length, close, add = cached
+    return Response(code, status_line, block + date_server[add], content_length, close)
+
+
+def _serialise_headers(headers: list[Any]) -> tuple[bytes, int | None, bool, int]:
+    """Validate an application's header list; return (block, length, close, Date/Server mode)."""
     content_length: int | None = None
     close = False
     has_date = has_server = False
@@ -381,10 +410,10 @@ def build_response(
     if _HEADER_BLOCK.fullmatch(block) is None:
         raise AppError(_diagnose_headers(headers))
     if has_date:
-        extra = b"" if has_server else date_server[2]
+        add = _ADD_NONE if has_server else _ADD_SERVER
     else:
-        extra = date_server[1] if has_server else date_server[0]
-    return Response(code, status_line, block.encode("latin-1") + extra, content_length, close)
+        add = _ADD_DATE if has_server else _ADD_BOTH
+    return block.encode("latin-1"), content_length, close, add
 
 
 def _diagnose_headers(headers: list[tuple[str, str]]) -> str:
@@ -395,7 +424,7 @@ def _diagnose_headers(headers: list[tuple[str, str]]) -> str:
 
 
 def error_response(
-    status: int, date_server: tuple[bytes, bytes, bytes], close: bool = True
+    status: int, date_server: tuple[bytes, bytes, bytes, bytes], close: bool = True
 ) -> tuple[Response, bytes]:
     """A minimal plain-text response the server itself sends (4xx/5xx)."""
     try:

@@ -76,6 +76,9 @@ MAX_CHUNK_LINE: Final = 4096
 #: More than 18 decimal digits of Content-Length (an exabyte) is not a real body.
 _MAX_CL_DIGITS: Final = 18
 
+_SPECIAL_FIELDS: Final = frozenset(
+    (b"content-length", b"transfer-encoding", b"host", b"connection", b"expect")
+)
 #: Host values already validated (a server sees few distinct ones; bounded).
 _valid_hosts: Final[set[bytes]] = set()
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -131,6 +134,8 @@ class H1Connection:
         self.our_state: str = IDLE
         self._buf: bytes = b""
         self._pos: int = 0
+        # Bytes of an incomplete head already examined (offset into _buf).
+        self._scanned: int = 0
         self._eof: bool = False
         self._error: RemoteProtocolError | None = None
         # Per-cycle request facts.
@@ -190,8 +195,10 @@ class H1Connection:
             return
         if self._pos >= len(self._buf):
             self._buf = data
+            self._scanned = 0
         else:
             self._buf = self._buf[self._pos :] + data
+            self._scanned = max(self._scanned - self._pos, 0)
         self._pos = 0
 
     def next_event(
@@ -228,24 +235,27 @@ class H1Connection:
         pos = self._pos
         # RFC 9112 §2.2: a server SHOULD ignore at least one empty line received before
         # the request-line (old clients add a CRLF after a POST body).
-        while buf.startswith(b"\r\n", pos):
-            pos += 2
-        if pos != self._pos:
+        if pos < len(buf) and buf[pos] == 0x0D:
+            while buf.startswith(b"\r\n", pos):
+                pos += 2
             if pos - self._pos > self.limits.max_line:
                 raise BadRequest("too many empty lines before the request line")
             self._pos = pos
-        end = buf.find(b"\r\n\r\n", pos)
+        # Resume the search where the previous incomplete attempt stopped, so a head
+        # arriving byte by byte costs linear, not quadratic, time.
+        end = buf.find(b"\r\n\r\n", max(pos, self._scanned - 3))
         if end < 0:
             return self._head_incomplete(buf, pos)
-        line_end = buf.find(b"\r\n", pos)
-        if line_end - pos > self.limits.max_line:
-            raise URITooLong("request line too long")
-        if end + 4 - pos > self.limits.max_head:
+        limits = self.limits
+        if end + 4 - pos > limits.max_head:
             raise HeaderFieldsTooLarge("request head too large")
-        m = g.REQUEST_LINE.fullmatch(buf, pos, line_end)
+        m = g.HEAD.fullmatch(buf, pos, end + 4)
         if m is None:
-            self._bad_request_line(buf, pos, line_end)
-        method, target, major, minor = m.groups()
+            self._bad_head(buf, pos, end)
+        method, target, major, minor, _ = m.groups()
+        block_start = m.start(5)
+        if block_start - 2 - pos > limits.max_line:
+            raise URITooLong("request line too long")
         if major == b"1" and minor == b"1":
             version = b"1.1"
         elif major == b"1" and minor == b"0":
@@ -256,15 +266,26 @@ class H1Connection:
             version = b"1.1"
         else:
             raise VersionNotSupported("unsupported HTTP version")
-        start = line_end + 2
-        fields = self._parse_fields(buf, start, end + 2)
-        specials: list[tuple[bytes, bytes]] = (
-            g.SPECIAL_FIELD.findall(buf, start, end + 2) if fields else []
+        fields: list[tuple[bytes, bytes]] = (
+            g.FIELD_LINE.findall(buf, block_start, end + 2) if block_start <= end else []
         )
+        if len(fields) > limits.max_fields:
+            raise HeaderFieldsTooLarge("too many header fields")
+        if end + 2 - block_start > limits.max_field_size:
+            self._check_field_sizes(buf, block_start, end + 2)
         self._pos = end + 4
-        return self._build_request(
-            method, target, version, [(name.lower(), value) for name, value in fields], specials
-        )
+        self._scanned = 0
+        return self._build_request(method, target, version, fields)
+
+    def _bad_head(self, buf: bytes, pos: int, end: int) -> NoReturn:
+        """Raise the precise error for a complete head that did not match (error path)."""
+        line_end = buf.find(b"\r\n", pos)
+        if line_end - pos > self.limits.max_line:
+            raise URITooLong("request line too long")
+        if g.REQUEST_LINE.fullmatch(buf, pos, line_end) is None:
+            self._bad_request_line(buf, pos, line_end)
+        self._parse_fields(buf, line_end + 2, end + 2)
+        raise BadRequest("invalid request head")  # pragma: no cover - one of the above raises
 
     def _head_incomplete(self, buf: bytes, pos: int) -> ConnectionClosed | _Sentinel:
         pending = len(buf) - pos
@@ -276,6 +297,8 @@ class H1Connection:
         if pending == 0:
             return NEED_DATA
         limits = self.limits
+        if pending == 1 and buf[pos] == 0x0D:
+            return NEED_DATA  # maybe the first half of an empty line before the request
         # Fail fast on what can never become a request: a first byte that is not a
         # method character (e.g. a TLS handshake sent to a plain-text port).
         if buf[pos] not in _TCHAR_SET:
@@ -286,9 +309,12 @@ class H1Connection:
         if pending > limits.max_head:
             raise HeaderFieldsTooLarge("request head too large")
         # RFC 9112 §2.2: lines end with CRLF. A bare LF would otherwise leave us waiting
-        # for a CRLFCRLF that never comes; refuse it as soon as it is seen.
-        if buf.count(b"\n", pos) != buf.count(b"\r\n", pos):
+        # for a CRLFCRLF that never comes; refuse it as soon as it is seen. Only the
+        # bytes not examined by an earlier call are counted (linear overall).
+        start = max(pos, self._scanned)
+        if buf.count(b"\n", start) != buf.count(b"\r\n", start - 1 if start > pos else start):
             raise BadRequest("bare LF in request head")
+        self._scanned = len(buf)
         return NEED_DATA
 
     def _bad_request_line(self, buf: bytes, pos: int, end: int) -> NoReturn:
@@ -303,42 +329,47 @@ class H1Connection:
         raise BadRequest("invalid request target")
 
     def _parse_fields(self, buf: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
-        """Validate and split the field block ``buf[start:end]`` (each line CRLF-ended)."""
+        """Validate and split the field block ``buf[start:end]`` (each line CRLF-ended).
+
+        ``buf[start - 1]`` must be an LF (see ``_grammar.FIELD_LINE``).
+        """
         if start >= end:
             return []
         limits = self.limits
-        if g.FIELD_BLOCK.fullmatch(buf, start, end) is None:
-            raise BadRequest(_diagnose_field_block(buf[start:end]))
         fields: list[tuple[bytes, bytes]] = g.FIELD_LINE.findall(buf, start, end)
+        if len(fields) != buf.count(b"\n", start, end):
+            raise BadRequest(_diagnose_field_block(buf[start:end]))
         if len(fields) > limits.max_fields:
             raise HeaderFieldsTooLarge("too many header fields")
         if end - start > limits.max_field_size:
-            # Only a long block can hold a long line; check each line's length.
-            max_size = limits.max_field_size
-            line_start = start
-            while line_start < end:
-                line_end = buf.find(b"\r\n", line_start)
-                if line_end - line_start > max_size:
-                    raise HeaderFieldsTooLarge("header field too large")
-                line_start = line_end + 2
+            self._check_field_sizes(buf, start, end)
         return fields
 
+    def _check_field_sizes(self, buf: bytes, start: int, end: int) -> None:
+        """Only a long block can hold a long line: check each line's length."""
+        max_size = self.limits.max_field_size
+        line_start = start
+        while line_start < end:
+            line_end = buf.find(b"\r\n", line_start)
+            if line_end - line_start > max_size:
+                raise HeaderFieldsTooLarge("header field too large")
+            line_start = line_end + 2
+
     def _build_request(
-        self,
-        method: bytes,
-        target: bytes,
-        version: bytes,
-        headers: list[tuple[bytes, bytes]],
-        specials: list[tuple[bytes, bytes]],
+        self, method: bytes, target: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
     ) -> Request:
+        headers: list[tuple[bytes, bytes]] = []
         content_lengths: list[bytes] | None = None
         codings: list[bytes] | None = None
         connection: list[bytes] | None = None
         expect: list[bytes] | None = None
         host: bytes | None = None
         host_count = 0
-        for name, value in specials:
+        for name, value in fields:
             lname = name.lower()
+            headers.append((lname, value))
+            if lname not in _SPECIAL_FIELDS:
+                continue
             if lname == b"host":
                 host = value
                 host_count += 1
@@ -374,7 +405,9 @@ class H1Connection:
             path, query = b"*", b""
         else:
             authority, path, query = _absolute_form(target)
-        if b"#" in target:
+        # (bytes.find, not `in`: CPython's bytes.__contains__ first tries the operand as an
+        # int and raises internally, which costs more than the search itself.)
+        if target.find(b"#") >= 0:
             raise BadRequest("fragment in request target")
 
         # Body framing, RFC 9112 §6.1-§6.3.
@@ -551,7 +584,9 @@ class H1Connection:
             return NEED_DATA
         if end + 4 - pos > max_trailers:
             raise HeaderFieldsTooLarge("trailer section too large")
-        fields = self._parse_fields(buf, pos, end + 2)
+        # FIELD_LINE anchors on the LF before each line; the trailer section may start
+        # at the very beginning of a buffer, so give it one.
+        fields = self._parse_fields(b"\n" + buf[pos : end + 2], 1, end + 3 - pos)
         self._pos = end + 4
         return self._end_of_request(EndOfMessage([(n.lower(), v) for n, v in fields]))
 
@@ -729,7 +764,7 @@ def _absolute_form(target: bytes) -> tuple[bytes, bytes, bytes]:
             cut = i
     authority = rest[:cut]
     # RFC 9110 §4.2.4: userinfo in an http(s) URI is an error to treat as such.
-    if not authority or b"@" in authority or g.HOST_VALUE.fullmatch(authority) is None:
+    if not authority or authority.find(b"@") >= 0 or g.HOST_VALUE.fullmatch(authority) is None:
         raise BadRequest("invalid authority in request target")
     path, _, query = rest[cut:].partition(b"?")
     return authority, path or b"/", query
@@ -737,8 +772,10 @@ def _absolute_form(target: bytes) -> tuple[bytes, bytes, bytes]:
 
 def _diagnose_field_block(block: bytes) -> str:
     """A precise reason for a field block that failed validation (error path only)."""
+    if block.count(b"\n") != block.count(b"\r\n"):
+        return "bare LF in header block"
     for line in block.split(b"\r\n")[:-1]:
-        if g.FIELD_BLOCK.fullmatch(line + b"\r\n") is not None:
+        if g.FIELD_LINE.fullmatch(b"\n" + line + b"\r\n", 1) is not None:
             continue
         if not line:
             return "empty header line"
@@ -751,7 +788,7 @@ def _diagnose_field_block(block: bytes) -> str:
             return "empty header name"
         if line[colon - 1] in b" \t":
             return "whitespace before colon in header"
-        if g.FIELD_LINE.fullmatch(line[: colon + 1] + b"\r\n") is None:
+        if g.TOKEN_RE.fullmatch(line[:colon]) is None:
             return "invalid character in header name"
         return "invalid character in header value"
     return "invalid header block"

@@ -26,17 +26,12 @@ _VALUE: Final = _VCHAR + rb"(?:[\t\x20-\x7e\x80-\xff]*" + _VCHAR + rb")?"
 # RFC 9112 §5: field-line = field-name ":" OWS field-value OWS, ended by CRLF.
 # No whitespace between name and colon (§5.1: MUST reject with 400); a line starting
 # with whitespace (obs-fold, §5.2) cannot match because it does not start with a tchar.
+# The look-behind pins every match to the start of a line, so ``findall`` over a field
+# block returns one match per line exactly when every line is valid: a block is valid
+# iff the number of matches equals the number of LF bytes in it (each match ends with
+# the only LF it contains). The caller checks that count; no second validating pass.
 FIELD_LINE: Final = re.compile(
-    rb"(" + TOKEN + rb"):[ \t]*(" + rb"(?:" + _VALUE + rb")?" + rb")[ \t]*\r\n"
-)
-# The field lines that decide framing and persistence, found in a validated block with
-# one scan instead of a per-field comparison in Python.
-SPECIAL_FIELD: Final = re.compile(
-    rb"(?m)^(?i:(content-length|transfer-encoding|host|connection|expect))"
-    rb":[ \t]*((?:" + _VALUE + rb")?)[ \t]*\r\n"
-)
-FIELD_BLOCK: Final = re.compile(
-    rb"(?:" + TOKEN + rb":[ \t]*(?:" + _VALUE + rb")?[ \t]*\r\n)*"
+    rb"(?<=\n)(" + TOKEN + rb"):[ \t]*(" + rb"(?:" + _VALUE + rb")?" + rb")[ \t]*\r\n"
 )
 
 # RFC 9112 §3: request-line = method SP request-target SP HTTP-version, exactly one SP
@@ -45,6 +40,14 @@ FIELD_BLOCK: Final = re.compile(
 # tolerated in the target because real clients send raw UTF-8 paths).
 REQUEST_LINE: Final = re.compile(
     rb"(" + TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])"
+)
+# A whole request head in one match: request line, then the field block (group 5),
+# then the empty line. The fast path validates a complete head with this single match
+# and extracts the fields with FIELD_LINE.findall over group 5; anything that does not
+# match is re-examined piece by piece to report the precise error.
+HEAD: Final = re.compile(
+    rb"(" + TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])\r\n"
+    rb"((?:" + TOKEN + rb":[ \t]*(?:" + _VALUE + rb")?[ \t]*\r\n)*)\r\n"
 )
 # Something that at least *looks* like a request line with a bad version, so that we
 # can answer 505 for a well-formed but unsupported version and 400 for garbage.
