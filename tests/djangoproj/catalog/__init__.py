@@ -1,0 +1,1 @@
+"""The test project's only application: a tiny catalog of items."""

@@ -1,0 +1,1 @@
+"""Modules that ``rapidwsgi.loader.load_app`` is pointed at by test_config and test_cli."""
