@@ -1,4 +1,9 @@
-"""Shared fixtures: a real rapidwsgi server in a subprocess, on port 0 or a unix socket."""
+"""Shared fixtures: a real rapidwsgi server in a subprocess, on port 0 or a unix socket.
+
+By default the tests exercise the *installed* rapidwsgi (compiled with mypyc when a
+compiler was available at install time). ``RAPIDWSGI_TEST_SOURCE=1`` runs them against
+the pure-Python sources in ``src/`` instead; ``make test`` does both.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
+SOURCE_MODE = os.environ.get("RAPIDWSGI_TEST_SOURCE") == "1"
+if SOURCE_MODE:
+    sys.path.insert(0, str(ROOT / "src"))
 _LISTENING = re.compile(r"Listening at: (http://\[?([^\]\s]+?)\]?:(\d+)|unix:(\S+)) \(")
 
 
@@ -37,9 +45,8 @@ class ServerProcess:
             cmd += ["--bind", bind]
         cmd += [*args, app]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS), str(ROOT / "src"), full_env.get("PYTHONPATH", "")) if p
-        )
+        paths = [str(TESTS), str(ROOT / "src") if SOURCE_MODE else "", full_env.get("PYTHONPATH", "")]
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.cmd = cmd
         self.proc = subprocess.Popen(
             cmd,

@@ -249,13 +249,13 @@ class H1Connection:
         limits = self.limits
         if end + 4 - pos > limits.max_head:
             raise HeaderFieldsTooLarge("request head too large")
-        m = g.HEAD.fullmatch(buf, pos, end + 4)
-        if m is None:
-            self._bad_head(buf, pos, end)
-        method, target, major, minor, _ = m.groups()
-        block_start = m.start(5)
-        if block_start - 2 - pos > limits.max_line:
+        line_end = buf.find(b"\r\n", pos)
+        if line_end - pos > limits.max_line:
             raise URITooLong("request line too long")
+        m = g.REQUEST_LINE.fullmatch(buf, pos, line_end)
+        if m is None:
+            self._bad_request_line(buf, pos, line_end)
+        method, target, major, minor = m.groups()
         if major == b"1" and minor == b"1":
             version = b"1.1"
         elif major == b"1" and minor == b"0":
@@ -266,26 +266,10 @@ class H1Connection:
             version = b"1.1"
         else:
             raise VersionNotSupported("unsupported HTTP version")
-        fields: list[tuple[bytes, bytes]] = (
-            g.FIELD_LINE.findall(buf, block_start, end + 2) if block_start <= end else []
-        )
-        if len(fields) > limits.max_fields:
-            raise HeaderFieldsTooLarge("too many header fields")
-        if end + 2 - block_start > limits.max_field_size:
-            self._check_field_sizes(buf, block_start, end + 2)
+        fields = self._parse_fields(buf, line_end + 2, end + 2)
         self._pos = end + 4
         self._scanned = 0
         return self._build_request(method, target, version, fields)
-
-    def _bad_head(self, buf: bytes, pos: int, end: int) -> NoReturn:
-        """Raise the precise error for a complete head that did not match (error path)."""
-        line_end = buf.find(b"\r\n", pos)
-        if line_end - pos > self.limits.max_line:
-            raise URITooLong("request line too long")
-        if g.REQUEST_LINE.fullmatch(buf, pos, line_end) is None:
-            self._bad_request_line(buf, pos, line_end)
-        self._parse_fields(buf, line_end + 2, end + 2)
-        raise BadRequest("invalid request head")  # pragma: no cover - one of the above raises
 
     def _head_incomplete(self, buf: bytes, pos: int) -> ConnectionClosed | _Sentinel:
         pending = len(buf) - pos

@@ -41,14 +41,6 @@ FIELD_LINE: Final = re.compile(
 REQUEST_LINE: Final = re.compile(
     rb"(" + TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])"
 )
-# A whole request head in one match: request line, then the field block (group 5),
-# then the empty line. The fast path validates a complete head with this single match
-# and extracts the fields with FIELD_LINE.findall over group 5; anything that does not
-# match is re-examined piece by piece to report the precise error.
-HEAD: Final = re.compile(
-    rb"(" + TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])\r\n"
-    rb"((?:" + TOKEN + rb":[ \t]*(?:" + _VALUE + rb")?[ \t]*\r\n)*)\r\n"
-)
 # Something that at least *looks* like a request line with a bad version, so that we
 # can answer 505 for a well-formed but unsupported version and 400 for garbage.
 ANY_VERSION: Final = re.compile(rb"HTTP/[0-9]\.[0-9]")

@@ -1,0 +1,117 @@
+"""The layering rules of docs/architecture.md, held by a test.
+
+Imports point one way: protocols -> wsgi -> bridge -> connection -> worker -> cli.
+Leaf modules (events, errors, config, log, sockets, loader) may be imported by any
+layer above them but import no layer themselves.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SOURCE_MODE
+
+PACKAGE = ROOT / "src" / "rapidwsgi"
+
+# Lower rank = lower layer; a module may import only modules of strictly lower rank
+# (or equal rank inside the same sub-package).
+RANKS = {
+    "rapidwsgi": 0,
+    "rapidwsgi.errors": 0,
+    "rapidwsgi.events": 1,
+    "rapidwsgi.protocols": 2,
+    "rapidwsgi.wsgi": 3,
+    "rapidwsgi.log": 3,
+    "rapidwsgi.bridge": 4,
+    "rapidwsgi.connection": 5,
+    "rapidwsgi.sockets": 5,
+    "rapidwsgi.config": 5,
+    "rapidwsgi.loader": 5,
+    "rapidwsgi.worker": 6,
+    "rapidwsgi.cli": 7,
+    "rapidwsgi.__main__": 8,
+    "rapidwsgi.demo": 8,
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _rank(module: str) -> int:
+    while module not in RANKS:
+        module = module.rsplit(".", 1)[0]
+    return RANKS[module]
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    tree = ast.parse(path.read_text())
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            if target.startswith("rapidwsgi"):
+                found.add(target)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("rapidwsgi"))
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+def test_module_imports_only_lower_layers(path: Path) -> None:
+    module = _module_name(path)
+    rank = _rank(module)
+    for target in _imports(path, module):
+        if target == "rapidwsgi" and module != "rapidwsgi":
+            continue  # the package root only holds __version__
+        same_subpackage = target.startswith("rapidwsgi.protocols") and module.startswith("rapidwsgi.protocols")
+        assert _rank(target) < rank or same_subpackage, f"{module} (layer {rank}) imports {target}"
+
+
+def test_protocol_layer_has_no_io_threads_or_logging() -> None:
+    forbidden = {"socket", "asyncio", "threading", "logging", "selectors", "time", "os"}
+    for path in (PACKAGE / "protocols").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module.split(".")[0]]
+            assert not forbidden.intersection(names), f"{path.name} imports {names}"
+
+
+@pytest.mark.skipif(SOURCE_MODE, reason="source mode tests the pure-Python fallback")
+def test_installed_hot_path_is_compiled_when_a_compiler_exists() -> None:
+    if not (shutil.which("cc") or shutil.which("gcc")) or os.environ.get("RAPIDWSGI_PURE_PYTHON") == "1":
+        pytest.skip("no C compiler: the pure-Python fallback is expected")
+    import rapidwsgi.connection
+    import rapidwsgi.protocols.http1._connection
+
+    for module in (rapidwsgi.connection, rapidwsgi.protocols.http1._connection):
+        assert module.__file__ is not None and not module.__file__.endswith(".py"), module.__file__
+
+
+@pytest.mark.skipif(not SOURCE_MODE, reason="only meaningful when testing the sources")
+def test_source_mode_runs_the_pure_python_sources() -> None:
+    import rapidwsgi.connection
+
+    assert rapidwsgi.connection.__file__ == str(PACKAGE / "connection.py")
