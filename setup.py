@@ -34,13 +34,13 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any failure means: fall back
+        except Exception as exc:
             self._fall_back(exc)
 
     def build_extension(self, ext: Any) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._fall_back(exc)
             raise
 
@@ -65,7 +65,7 @@ def ext_modules() -> list[Any]:
         return []
     try:
         return list(mypycify(HOT_MODULES, opt_level="3", group_name="rapidwsgi_native"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print(f"rapidwsgi: mypyc failed ({exc}); installing pure Python", file=sys.stderr)
         return []
 

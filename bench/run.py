@@ -104,17 +104,11 @@ VERSION_DISTS = (
 )
 # One process per server; "{bin}" is the peers venv's bin directory.
 SERVER_COMMANDS = {
-    "rapidwsgi": (
-        "{py} -m rapidwsgi --bind {bind} --threads 1 --log-level warning {target}"
-    ),
+    "rapidwsgi": ("{py} -m rapidwsgi --bind {bind} --threads 1 --log-level warning {target}"),
     "gunicorn": "{bin}/gunicorn -w 1 -k sync -b {bind} --log-level warning {target}",
-    "gunicorn-gthread": (
-        "{bin}/gunicorn -w 1 -k gthread --threads 4 -b {bind} --log-level warning "
-        "{target}"
-    ),
+    "gunicorn-gthread": ("{bin}/gunicorn -w 1 -k gthread --threads 4 -b {bind} --log-level warning {target}"),
     "granian": (
-        "{bin}/granian --interface wsgi --host {host} --port {port} --workers 1 "
-        "--log-level warning {target}"
+        "{bin}/granian --interface wsgi --host {host} --port {port} --workers 1 --log-level warning {target}"
     ),
     "bjoern": "{py} {apps}/run_bjoern.py {target} {host} {port}",
     "fastwsgi": "{py} {apps}/run_fastwsgi.py {target} {host} {port}",
@@ -262,9 +256,7 @@ def last_line(text: str) -> str:
     return lines[-1].strip() if lines else "(no output)"
 
 
-def run_capture(
-    cmd: Sequence[str], timeout: float, cwd: Path | None = None
-) -> tuple[int, str]:
+def run_capture(cmd: Sequence[str], timeout: float, cwd: Path | None = None) -> tuple[int, str]:
     """Run a command, returning (exit code, stdout+stderr)."""
     try:
         proc = subprocess.run(
@@ -292,9 +284,7 @@ def free_port() -> int:
 def raise_nofile_limit() -> int:
     """Raise RLIMIT_NOFILE for this process and its children (wrk -c500)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = (
-        NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, NOFILE_WANTED)
-    )
+    target = NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, NOFILE_WANTED)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return max(target, soft)
@@ -337,9 +327,7 @@ def search_int(pattern: str, text: str, default: int = 0) -> int:
 
 
 def empty_errors() -> Errors:
-    return Errors(
-        connect=0, read=0, write=0, timeout=0, non_2xx=0, failed=0, length_mismatch=0
-    )
+    return Errors(connect=0, read=0, write=0, timeout=0, non_2xx=0, failed=0, length_mismatch=0)
 
 
 def parse_wrk(text: str) -> LoadResult:
@@ -356,9 +344,7 @@ def parse_wrk(text: str) -> LoadResult:
         if hit:
             latency[f"p{pct}"] = wrk_time_ms(hit.group(1), hit.group(2))
     errors = empty_errors()
-    sock = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if sock:
         errors["connect"], errors["read"], errors["write"], errors["timeout"] = (
             int(sock.group(i)) for i in range(1, 5)
@@ -378,9 +364,7 @@ def parse_ab(text: str) -> LoadResult:
     if rate is None:
         raise ValueError(f"no 'Requests per second' in ab output: {last_line(text)}")
     latency: dict[str, float] = {}
-    mean = re.search(
-        r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)$", text, re.MULTILINE
-    )
+    mean = re.search(r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)$", text, re.MULTILINE)
     if mean:
         latency["avg"] = float(mean.group(1))
     for pct in ("50", "75", "90", "99"):
@@ -389,9 +373,7 @@ def parse_ab(text: str) -> LoadResult:
             latency[f"p{pct}"] = float(hit.group(1))
     errors = empty_errors()
     failed = search_int(r"^Failed requests:\s+(\d+)", text)
-    parts = re.search(
-        r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", text
-    )
+    parts = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", text)
     length = int(parts.group(3)) if parts else 0
     errors["failed"] = failed - length  # connect + receive + exceptions
     errors["length_mismatch"] = length
@@ -433,9 +415,7 @@ def ensure_venv() -> None:
         PIP_TIMEOUT_S,
     )
     if code:
-        log(
-            f"  (pip upgrade failed, continuing with the bundled pip: {last_line(out)})"
-        )
+        log(f"  (pip upgrade failed, continuing with the bundled pip: {last_line(out)})")
 
 
 def import_check(modules: Sequence[str]) -> dict[str, str]:
@@ -461,13 +441,8 @@ def import_check(modules: Sequence[str]) -> dict[str, str]:
 
 
 def module_exists(module: str) -> bool:
-    script = (
-        "import importlib.util, sys\n"
-        "sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 1)\n"
-    )
-    code, _ = run_capture(
-        [str(venv_python()), "-c", script, module], 60, cwd=Path(tempfile.gettempdir())
-    )
+    script = "import importlib.util, sys\nsys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 1)\n"
+    code, _ = run_capture([str(venv_python()), "-c", script, module], 60, cwd=Path(tempfile.gettempdir()))
     return code == 0
 
 
@@ -527,9 +502,7 @@ def source_fingerprint(root: Path) -> str:
     digest = hashlib.sha256()
     for path in source_files(root):
         stat = path.stat()
-        digest.update(
-            f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode()
-        )
+        digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -584,9 +557,7 @@ def prepare_peers(servers: Sequence[str]) -> dict[str, str]:
     dist_reason["rapidwsgi"] = reason or rapidwsgi_cli_missing()
     if reason:
         log(f"  rapidwsgi unavailable: {reason}")
-    skipped = {
-        s: dist_reason[SERVER_DIST[s]] for s in servers if dist_reason[SERVER_DIST[s]]
-    }
+    skipped = {s: dist_reason[SERVER_DIST[s]] for s in servers if dist_reason[SERVER_DIST[s]]}
     for server, why in skipped.items():
         log(f"  SKIP {server}: {why}")
     return skipped
@@ -743,9 +714,7 @@ class ProbeConn:
     last_announced_close: bool = False
 
 
-def probe_connect(
-    port: int, sel: selectors.BaseSelector, slot: int, request: bytes
-) -> None:
+def probe_connect(port: int, sel: selectors.BaseSelector, slot: int, request: bytes) -> None:
     sock = socket.create_connection((HOST, port), timeout=2.0)
     sock.sendall(request)
     sock.setblocking(False)
@@ -875,9 +844,7 @@ def run_load(load: Load, cfg: Config, port: int, path: str) -> Measured:
         return Measured(None, f"{load.tool} exit {code}: {exc}", " ".join(cmd), raw)
 
 
-def measure_one(
-    server: str, app: App, load: Load, cfg: Config, logdir: Path
-) -> Measured:
+def measure_one(server: str, app: App, load: Load, cfg: Config, logdir: Path) -> Measured:
     with running_server(server, app, logdir) as (port, reason):
         if reason:
             return Measured(None, f"server did not start: {reason}", "", "")
@@ -897,9 +864,7 @@ def preflight(server: str, app: App, logdir: Path) -> Preflight:
         return Preflight(ok=True, error="", fairness=fairness_probe(port, app.path))
 
 
-def run_preflights(
-    cfg: Config, servers: Sequence[str], logdir: Path
-) -> dict[str, dict[str, Preflight]]:
+def run_preflights(cfg: Config, servers: Sequence[str], logdir: Path) -> dict[str, dict[str, Preflight]]:
     results: dict[str, dict[str, Preflight]] = {}
     for server in servers:
         for app in cfg.apps:
@@ -1091,7 +1056,7 @@ def rate_cell(cell: Cell | None) -> str:
         return f"failed ({cell.failed_runs} runs)"
     text = fmt_rate(statistics.median(cell.rps))
     if len(cell.rps) > 1:
-        text += f" [{fmt_rate(min(cell.rps))}–{fmt_rate(max(cell.rps))}]"
+        text += f" [{fmt_rate(min(cell.rps))}-{fmt_rate(max(cell.rps))}]"
     if cell.errors:
         text += f" ⚠ {cell.errors:,} err"
     if cell.failed_runs:
@@ -1110,14 +1075,10 @@ def ratio_cell(base: Cell | None, peer: Cell | None) -> str:
 def latency_cell(cell: Cell | None) -> str:
     if cell is None or not cell.rps:
         return "-"
-    return (
-        f"{fmt_ms(statistics.median(cell.p50))} / {fmt_ms(statistics.median(cell.p99))}"
-    )
+    return f"{fmt_ms(statistics.median(cell.p50))} / {fmt_ms(statistics.median(cell.p99))}"
 
 
-def md_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1
-) -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
     """A markdown table; the first text_columns are left-aligned, the rest right."""
     align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
@@ -1143,12 +1104,11 @@ def doc_servers(doc: dict[str, Any]) -> list[str]:
 def rate_section(doc: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> list[str]:
     scenarios = doc_scenarios(doc)
     rows = [
-        [server_label(s, doc["versions"])]
-        + [rate_cell(cells.get((s, sc))) for sc in scenarios]
+        [server_label(s, doc["versions"])] + [rate_cell(cells.get((s, sc))) for sc in scenarios]
         for s in doc_servers(doc)
     ]
     rounds = doc["config"]["rounds"]
-    title = f"## Requests per second (median of {rounds} round(s) [min–max])"
+    title = f"## Requests per second (median of {rounds} round(s) [min-max])"
     return [title, "", *md_table(["server", *scenarios], rows), ""]
 
 
@@ -1159,11 +1119,7 @@ def ratio_section(doc: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> li
         return [title, "", "rapidwsgi was not measured in this run: no ratios.", ""]
     scenarios = doc_scenarios(doc)
     rows = [
-        [s]
-        + [
-            ratio_cell(cells.get((BASELINE, sc)), cells.get((s, sc)))
-            for sc in scenarios
-        ]
+        [s] + [ratio_cell(cells.get((BASELINE, sc)), cells.get((s, sc))) for sc in scenarios]
         for s in servers
         if s != BASELINE
     ]
@@ -1171,14 +1127,9 @@ def ratio_section(doc: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> li
     return [title, "", *md_table(["peer", *scenarios], rows), "", note, ""]
 
 
-def latency_section(
-    doc: dict[str, Any], cells: dict[tuple[str, str], Cell]
-) -> list[str]:
+def latency_section(doc: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> list[str]:
     scenarios = doc_scenarios(doc)
-    rows = [
-        [s] + [latency_cell(cells.get((s, sc))) for sc in scenarios]
-        for s in doc_servers(doc)
-    ]
+    rows = [[s] + [latency_cell(cells.get((s, sc))) for sc in scenarios] for s in doc_servers(doc)]
     title = "## Latency p50 / p99 in ms (median over rounds; ab reports whole ms)"
     return [title, "", *md_table(["server", *scenarios], rows), ""]
 
@@ -1187,11 +1138,7 @@ def error_flags(cells: dict[tuple[str, str], Cell]) -> list[str]:
     lines: list[str] = []
     for (server, scenario), cell in sorted(cells.items()):
         if cell.errors:
-            kind = (
-                "keep-alive number is suspect"
-                if " wrk-" in f" {scenario}"
-                else "errors"
-            )
+            kind = "keep-alive number is suspect" if " wrk-" in f" {scenario}" else "errors"
             lines.append(
                 f"- {server} / {scenario}: {cell.errors:,} errors in "
                 f"{cell.runs_with_errors} of {len(cell.rps)} runs ({kind})"
@@ -1204,8 +1151,7 @@ def error_flags(cells: dict[tuple[str, str], Cell]) -> list[str]:
             )
         if cell.failed_runs:
             lines.append(
-                f"- {server} / {scenario}: {cell.failed_runs} run(s) failed, last: "
-                f"{cell.last_failure}"
+                f"- {server} / {scenario}: {cell.failed_runs} run(s) failed, last: {cell.last_failure}"
             )
     return lines
 
@@ -1219,19 +1165,14 @@ def preflight_flags(doc: dict[str, Any]) -> list[str]:
                 continue
             fair = pre["fairness"] or {}
             if fair.get("parse_error"):
-                lines.append(
-                    f"- {server} / {app}: fairness probe inconclusive: "
-                    f"{fair['parse_error']}"
-                )
+                lines.append(f"- {server} / {app}: fairness probe inconclusive: {fair['parse_error']}")
             lines += [f"- {server} / {app}: {flag}" for flag in fair.get("flags", [])]
     return lines
 
 
 def flags_section(doc: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> list[str]:
     skipped = [f"- {s}: skipped: {why}" for s, why in doc.get("skipped", {}).items()]
-    skipped += [
-        f"- app {a}: skipped: {why}" for a, why in doc.get("skipped_apps", {}).items()
-    ]
+    skipped += [f"- app {a}: skipped: {why}" for a, why in doc.get("skipped_apps", {}).items()]
     lines = skipped + error_flags(cells) + preflight_flags(doc)
     probe = (
         f"Fairness probe: before the rounds, {FAIRNESS_CONNS} keep-alive connections "
@@ -1245,11 +1186,7 @@ def flags_section(doc: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> li
 
 def machine_section(doc: dict[str, Any]) -> list[str]:
     m, cfg, v = doc["machine"], doc["config"], doc["versions"]
-    servers = ", ".join(
-        f"{d} {v[d]}"
-        for d in VERSION_DISTS
-        if v.get(d, "not installed") != "not installed"
-    )
+    servers = ", ".join(f"{d} {v[d]}" for d in VERSION_DISTS if v.get(d, "not installed") != "not installed")
     return [
         "## Machine and setup",
         "",
@@ -1391,9 +1328,7 @@ def check_parsers() -> None:
     assert ab["latency_ms"] == {"avg": 2.212, "p50": 2.0, "p99": 4.0}, ab
     assert ab["errors"]["failed"] == 1 and ab["errors"]["length_mismatch"] == 2, ab
     assert error_total(ab["errors"]) == 5, ab
-    body = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nX"
-    )
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nX"
     assert response_end(body) == (len(body) - 1, False)
     log("selftest: wrk/ab/HTTP parsers ok")
 
@@ -1405,24 +1340,14 @@ def check_parsers() -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="1 round, 2 s, ab -n 2000, hello only"
-    )
-    parser.add_argument(
-        "--servers", help=f"comma list, default: {','.join(ALL_SERVERS)}"
-    )
-    parser.add_argument(
-        "--apps", help="comma list of hello,demo (default both; quick: hello)"
-    )
+    parser.add_argument("--quick", action="store_true", help="1 round, 2 s, ab -n 2000, hello only")
+    parser.add_argument("--servers", help=f"comma list, default: {','.join(ALL_SERVERS)}")
+    parser.add_argument("--apps", help="comma list of hello,demo (default both; quick: hello)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3)")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (default 5)")
-    parser.add_argument(
-        "--ab-requests", type=int, help="ab -n (default 20000; quick 2000)"
-    )
+    parser.add_argument("--ab-requests", type=int, help="ab -n (default 20000; quick 2000)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="shuffle seed")
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="results directory"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
     parser.add_argument(
         "--markdown-only",
         type=Path,
@@ -1443,25 +1368,20 @@ def split_names(value: str | None, known: Sequence[str], what: str) -> tuple[str
     names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(
-            f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})"
-        )
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
     return names
 
 
 def build_config(args: argparse.Namespace) -> Config:
     quick = bool(args.quick or args.selftest)
-    app_names = split_names(
-        args.apps or ("hello" if quick else None), [a.name for a in APPS], "app"
-    )
+    app_names = split_names(args.apps or ("hello" if quick else None), [a.name for a in APPS], "app")
     cfg = Config(
         servers=split_names(args.servers, ALL_SERVERS, "server"),
         apps=tuple(a for a in APPS if a.name in app_names),
         loads=LOADS,
         rounds=args.rounds or (1 if quick else 3),
         duration=args.duration or (1 if args.selftest else 2 if quick else 5),
-        ab_requests=args.ab_requests
-        or (500 if args.selftest else 2000 if quick else 20000),
+        ab_requests=args.ab_requests or (500 if args.selftest else 2000 if quick else 20000),
         seed=args.seed,
         out_dir=args.out.resolve(),
         quick=quick,
@@ -1472,9 +1392,7 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def choose_selftest_server(
-    cfg: Config, skipped: dict[str, str], explicit: bool
-) -> Config:
+def choose_selftest_server(cfg: Config, skipped: dict[str, str], explicit: bool) -> Config:
     """The first available of --servers, else of SELFTEST_PREFERENCE."""
     candidates = cfg.servers if explicit else SELFTEST_PREFERENCE
     pool = [s for s in candidates if s not in skipped]
@@ -1494,8 +1412,7 @@ def new_doc(cfg: Config) -> dict[str, Any]:
             "app_targets": {a.name: f"{a.target} GET {a.path}" for a in cfg.apps},
             "loads": [ld.name for ld in cfg.loads],
             "server_commands": {
-                name: f"taskset -c {SERVER_CORE} {SERVER_COMMANDS[name]}"
-                for name in cfg.servers
+                name: f"taskset -c {SERVER_CORE} {SERVER_COMMANDS[name]}" for name in cfg.servers
             },
             "rounds": cfg.rounds,
             "duration": cfg.duration,

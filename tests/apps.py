@@ -81,8 +81,13 @@ def echo(environ: Environ, start_response: Any) -> list[bytes]:
     doc = {
         key: value
         for key, value in environ.items()
-        if isinstance(value, (str, bool)) and not key.startswith("wsgi.") or key in (
-            "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+        if (isinstance(value, (str, bool)) and not key.startswith("wsgi."))
+        or key
+        in (
+            "wsgi.url_scheme",
+            "wsgi.multithread",
+            "wsgi.multiprocess",
+            "wsgi.run_once",
             "wsgi.input_terminated",
         )
     }
@@ -259,6 +264,68 @@ def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
         return _json(start_response, {"path_info": environ["PATH_INFO"], "raw": environ["RAW_URI"]})
     if path == "/cookie":
         return _json(start_response, {"cookie": environ.get("HTTP_COOKIE")})
+    # -- Routes used by tests/test_server_{http,wsgi,timeouts}.py. Their observations live
+    # in the module global PROBES (created here, reported by /probes).
+    probes: dict[str, Any] = globals().setdefault("PROBES", {"file_reads": 0, "read_errors": []})
+    if path == "/probes":
+        with _lock:
+            return _json(start_response, probes)
+    if path == "/sleep-then-echo":
+        # Reads the body only after sleeping: when 100 Continue is sent is observable.
+        time.sleep(float(_q(environ, "seconds", "1")))
+        return echo(environ, start_response)
+    if path == "/read-or-record":
+        # Reads the whole body; a failing read is recorded (by exception type) and re-raised.
+        try:
+            body = _read_all(environ)
+        except Exception as exc:
+            with _lock:
+                probes["read_errors"].append(type(exc).__name__)
+            raise
+        return _json(start_response, {"body_length": len(body)})
+    if path == "/input-api":
+        # Exercises the wsgi.input reading API; ``op`` picks the calls, ``n`` the size.
+        stream = environ["wsgi.input"]
+        op = _q(environ, "op", "read")
+        n = int(_q(environ, "n", "1024"))
+        if op == "read":
+            sizes = []
+            for _ in range(1_000_000):
+                block = stream.read(n)
+                sizes.append(len(block))
+                if not block:
+                    break
+            return _json(start_response, {"sizes": sizes})
+        if op == "mixed":
+            line = stream.readline()
+            limited = stream.readline(n)
+            sized = stream.read(n)
+            rest = stream.read()
+            after = stream.read()
+            doc = {"readline": line, "readline_n": limited, "read_n": sized, "rest": rest, "after": after}
+            return _json(start_response, {key: value.decode("latin-1") for key, value in doc.items()})
+        if op == "readlines":
+            return _json(start_response, {"lines": [line.decode("latin-1") for line in stream.readlines()]})
+        return _json(start_response, {"error": op}, "400 Bad Request")
+    if path == "/file-spy":
+        # Like /file, but the file object counts read() calls: a zero-copy (sendfile)
+        # response never calls it, an iterating one does.
+        import io
+
+        class SpyReader(io.BufferedReader):
+            def read(self, size: int | None = -1, /) -> bytes:
+                with _lock:
+                    probes["file_reads"] += 1
+                return super().read(size)
+
+        size = int(_q(environ, "size", "100000"))
+        fd, name = tempfile.mkstemp()
+        with os.fdopen(fd, "wb") as fp:
+            fp.write(bytes(i % 251 for i in range(size)))
+        spy = SpyReader(io.FileIO(name, "rb"))
+        os.unlink(name)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](spy, 8192)
     return _json(start_response, {"path": path}, "404 Not Found")
 
 

@@ -7,6 +7,7 @@ the pure-Python sources in ``src/`` instead; ``make test`` does both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -86,9 +87,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not self._listening.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not start (exit {self.proc.poll()}):\n{self.stderr}"
-                )
+                raise RuntimeError(f"server did not start (exit {self.proc.poll()}):\n{self.stderr}")
 
     @property
     def address(self) -> tuple[str, int] | str:
@@ -158,7 +157,5 @@ def start_server() -> Iterator[type[ServerProcess]]:
 
     yield _Tracked
     for server in started:
-        try:
+        with contextlib.suppress(Exception):
             server.stop(timeout=10)
-        except Exception:  # noqa: BLE001 - cleanup must go on
-            pass

@@ -75,14 +75,16 @@ def _imports(path: Path, module: str) -> set[str]:
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+@pytest.mark.parametrize("path", MODULES, ids=_module_name)
 def test_module_imports_only_lower_layers(path: Path) -> None:
     module = _module_name(path)
     rank = _rank(module)
     for target in _imports(path, module):
         if target == "rapidwsgi" and module != "rapidwsgi":
             continue  # the package root only holds __version__
-        same_subpackage = target.startswith("rapidwsgi.protocols") and module.startswith("rapidwsgi.protocols")
+        same_subpackage = target.startswith("rapidwsgi.protocols") and module.startswith(
+            "rapidwsgi.protocols"
+        )
         assert _rank(target) < rank or same_subpackage, f"{module} (layer {rank}) imports {target}"
 
 

@@ -92,9 +92,7 @@ class Exchange:
 
     # ------------------------------------------------------------ PEP 3333 callables
 
-    def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Any:
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         if exc_info is not None:
             try:
                 if self.head_sent:
@@ -130,7 +128,7 @@ class Exchange:
                 if not self.sink.wait_writable() and not self.finished:
                     self._abandon()
                     return
-        except BaseException as exc:  # noqa: BLE001 - a thread must never die silently
+        except BaseException as exc:
             if not self.finished:
                 self._fail(exc)
 
@@ -194,6 +192,13 @@ class Exchange:
         response = self.response
         if response is None:
             raise AppError("the application returned without calling start_response()")
+        if self.head_sent:
+            # The app already used write(): its list follows what was written.
+            for chunk in result:
+                if chunk:
+                    self._emit(chunk)
+            self._complete()
+            return
         body = result[0] if len(result) == 1 else b"".join(result)
         if type(body) is not bytes:
             if not isinstance(body, (bytearray, memoryview)):

@@ -95,7 +95,8 @@ class Config:
     app: str | None = setting(
         None,
         help="The WSGI application: MODULE:NAME, MODULE:NAME.attr, or MODULE:factory() "
-        "(literal arguments allowed, e.g. MODULE:create_app('prod')). NAME defaults to 'application', then 'app'.",
+        "(literal arguments allowed, e.g. MODULE:create_app('prod')). "
+        "NAME defaults to 'application', then 'app'.",
         section="Application",
         positional=True,
         metavar="MODULE:APP",
@@ -266,9 +267,7 @@ class Config:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(
-        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-    ) -> Config:
+    def load(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
         """Settings from the command line, environment and config file, validated."""
         environ = os.environ if environ is None else environ
         cli = vars(build_parser().parse_args(argv))
@@ -494,7 +493,11 @@ def settings_markdown() -> str:
             f"- command line: {cli}",
             f"- environment: `{_env_name(f)}`",
             f"- type: {getattr(base, '__name__', str(base))}"
-            + (f", one of {', '.join(f'`{c}`' for c in f.metadata['choices'])}" if f.metadata["choices"] else ""),
+            + (
+                f", one of {', '.join(f'`{c}`' for c in f.metadata['choices'])}"
+                if f.metadata["choices"]
+                else ""
+            ),
             f"- default: {default_text}",
             "",
             f.metadata["help"],

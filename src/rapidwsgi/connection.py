@@ -20,7 +20,8 @@ Flow control: reading pauses while a body buffer or pipelined bytes pile up beyo
 bound; the response side pulls from the application only while the transport is
 below its high-water mark (``pause_writing`` / ``resume_writing``).
 
-Timeouts (one coarse tick per second checks every connection): an idle keep-alive
+Timeouts (one tick per second checks every connection; deadlines are set from the
+precise clock, so a timeout never fires early, at most one tick late): an idle keep-alive
 connection closes after ``keep_alive``; a request head must be complete within
 ``header_timeout`` of its first byte (a trickling client is cut off, answered 408);
 body bytes must keep coming within ``body_timeout``; a client that stops reading the
@@ -33,12 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from asyncio.events import _set_running_loop
 import tempfile
 import threading
 import time
+from asyncio.events import _set_running_loop
 from collections.abc import Callable
 from concurrent.futures import Executor
+from time import monotonic
 from typing import IO, Any, Final, cast
 
 from .bridge import Exchange
@@ -214,7 +216,7 @@ class HTTPConnection:
         ctx = self.ctx
         self._environ_base = connection_environ(ctx.base_environ, self.transport)
         ctx.connections.add(self)
-        self._deadline = ctx.clock.now + ctx.header_timeout
+        self._deadline = monotonic() + ctx.header_timeout
         if ctx.shutting_down:
             self._closing = True
 
@@ -251,7 +253,7 @@ class HTTPConnection:
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self._write_deadline = self.ctx.clock.now + self.ctx.send_timeout
+        self._write_deadline = monotonic() + self.ctx.send_timeout
         if self._tsink is not None:
             self._tsink.update(True)
 
@@ -301,7 +303,7 @@ class HTTPConnection:
         if request.has_body:
             self._chunks = []
             self._phase = _BODY
-            self._deadline = self.ctx.clock.now + self.ctx.body_timeout
+            self._deadline = monotonic() + self.ctx.body_timeout
         else:
             # A request without a body is complete with its head.
             self._chunks = None
@@ -313,7 +315,7 @@ class HTTPConnection:
             if self._drained > self.ctx.limits.max_drain:
                 self._close_after_response()
             return
-        self._deadline = self.ctx.clock.now + self.ctx.body_timeout
+        self._deadline = monotonic() + self.ctx.body_timeout
         if self._stream is not None:
             if self._stream.feed(data):
                 self._pause_reading()
@@ -344,7 +346,7 @@ class HTTPConnection:
             if self._phase == _IDLE and self.h1.buffered:
                 # The first bytes of a head: it must now complete within header_timeout.
                 self._phase = _HEAD
-                self._deadline = self.ctx.clock.now + self.ctx.header_timeout
+                self._deadline = monotonic() + self.ctx.header_timeout
             return
         if self._dispatched or self._draining or self._spool is not None:
             return
@@ -388,8 +390,11 @@ class HTTPConnection:
         environ = build_environ(self._environ_base, request, wsgi_input)
         self._environ = environ
         self._dispatched = True
-        self._phase = _APP
-        self._deadline = INF
+        if self.h1.their_state is not SEND_BODY:
+            # The body (if any) is complete: the application owns the time now. While
+            # a threaded app still reads the body, the body timeout stays armed.
+            self._phase = _APP
+            self._deadline = INF
         self._sent = 0
         if ctx.access_log is not None:
             self._started = time.monotonic()
@@ -402,9 +407,7 @@ class HTTPConnection:
         else:
             sink = ThreadedSink(self)
             self._tsink = sink
-            exchange = Exchange(
-                ctx.app, environ, sink, ctx.clock, head_request=head_request, blocking=True
-            )
+            exchange = Exchange(ctx.app, environ, sink, ctx.clock, head_request=head_request, blocking=True)
             ctx.run_threaded(exchange)
 
     def _run_inline(self, exchange: Exchange, step: Callable[[], object]) -> None:
@@ -520,7 +523,11 @@ class HTTPConnection:
 
     def abort(self) -> None:
         """Abort the response: reset the connection (never a well-framed truncated body)."""
+        exchange = self._exchange
         self._exchange = None
+        if exchange is not None and not exchange.finished and self._tsink is None:
+            # An inline exchange paused on a slow client: stop it (its close() runs).
+            self._run_inline(exchange, exchange.disconnect)
         self.h1.send_failed()
         self._log_access()
         if self._sf_active:
@@ -591,7 +598,7 @@ class HTTPConnection:
             self._draining = True
             self._drained = 0
             self._phase = _BODY
-            self._deadline = ctx.clock.now + ctx.body_timeout
+            self._deadline = monotonic() + ctx.body_timeout
             self._resume_reading()
             if not self._in_process:
                 self._process()
@@ -604,7 +611,7 @@ class HTTPConnection:
             self._close_after_response()
             return
         self._phase = _IDLE
-        self._deadline = ctx.clock.now + ctx.keep_alive
+        self._deadline = monotonic() + ctx.keep_alive
         self._resume_reading()
         if not self._in_process and (h1.buffered or h1.eof):
             self._process()
@@ -622,7 +629,7 @@ class HTTPConnection:
         # not answer unread data with a reset that could destroy our response.
         self._lingering = True
         self._phase = _LINGER
-        self._deadline = self.ctx.clock.now + LINGER
+        self._deadline = monotonic() + LINGER
         self._drop_spool()
         self._resume_reading()
         if transport.can_write_eof():
@@ -685,7 +692,7 @@ class HTTPConnection:
             return
         self._deadline = INF
         phase = self._phase
-        if phase == _IDLE or phase == _LINGER:
+        if phase in (_IDLE, _LINGER):
             self._close_transport()
         elif phase == _HEAD:
             self._reply_error(RequestTimeout("request head not received in time"))
@@ -744,7 +751,9 @@ class HTTPConnection:
             self._finish_pending = False
             self.finish()
         elif self._tsink is None:
-            self._resume_exchange()
+            # Possibly still inside the exchange that started this sendfile: continue
+            # it from the loop, never re-entrantly.
+            self.ctx.loop.call_soon(self._resume_exchange)
 
     def _sf_wait(self) -> None:
         if self._sf_dup < 0:

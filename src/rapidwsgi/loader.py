@@ -51,9 +51,7 @@ def _import(module_name: str) -> Any:
             raise AppLoadError(
                 f"cannot import module {module_name!r}: {exc} (sys.path[0] is {sys.path[0]!r})"
             ) from None
-        raise AppLoadError(
-            f"error while importing {module_name!r}: {exc}", traceback.format_exc()
-        ) from None
+        raise AppLoadError(f"error while importing {module_name!r}: {exc}", traceback.format_exc()) from None
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -73,7 +71,9 @@ def _evaluate(module: Any, module_name: str, expression: str) -> Any:
         if any(kw.arg is None for kw in node.keywords) or any(
             isinstance(arg, ast.Starred) for arg in node.args
         ):
-            raise AppLoadError(f"factory arguments in {expression!r} must be literals, without * or ** unpacking")
+            raise AppLoadError(
+                f"factory arguments in {expression!r} must be literals, without * or ** unpacking"
+            )
         try:
             args = [ast.literal_eval(arg) for arg in node.args]
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}

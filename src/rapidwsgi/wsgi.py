@@ -288,13 +288,13 @@ class FileWrapper:
 # ---------------------------------------------------------------------- responses
 
 # PEP 3333 §"The start_response() Callable": status is "NNN reason"; headers are
-# (name, value) native strings. The block pattern validates every header at once:
-# names are tokens (RFC 9110 §5.1) and values hold no CR, LF, NUL or other control
-# characters and nothing outside latin-1, so nothing an app sends can split the head.
+# (name, value) native strings. The block pattern validates every serialised line at
+# once: names are tokens (RFC 9110 §5.1) and values hold no NUL or other control
+# characters and nothing outside latin-1. A value containing CRLF could still pass as
+# *two* valid lines, so the serialiser also requires exactly one CR and one LF per
+# header: nothing an app sends can add a line to the head.
 _STATUS: Final = re.compile(r"([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
-_HEADER_BLOCK: Final = re.compile(
-    r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*"
-)
+_HEADER_BLOCK: Final = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*")
 # RFC 9110 §7.6.1 connection options and the fields PEP 3333 calls hop-by-hop.
 _HOP_BY_HOP: Final = frozenset(
     (
@@ -407,7 +407,8 @@ def _serialise_headers(headers: list[Any]) -> tuple[bytes, int | None, bool, int
                 raise AppError(f"hop-by-hop header {name!r} cannot be set by a WSGI app")
         parts.append(f"{name}: {value}\r\n")
     block = "".join(parts)
-    if _HEADER_BLOCK.fullmatch(block) is None:
+    n = len(parts)
+    if block.count("\n") != n or block.count("\r") != n or _HEADER_BLOCK.fullmatch(block) is None:
         raise AppError(_diagnose_headers(headers))
     if has_date:
         add = _ADD_NONE if has_server else _ADD_SERVER
@@ -418,7 +419,10 @@ def _serialise_headers(headers: list[Any]) -> tuple[bytes, int | None, bool, int
 
 def _diagnose_headers(headers: list[tuple[str, str]]) -> str:
     for name, value in headers:
-        if _HEADER_BLOCK.fullmatch(f"{name}: {value}\r\n") is None:
+        line = f"{name}: {value}\r\n"
+        if line.count("\n") != 1 or line.count("\r") != 1:
+            return f"CR or LF in response header {name!r}: {value!r}"
+        if _HEADER_BLOCK.fullmatch(line) is None:
             return f"invalid response header {name!r}: {value!r} (control or non-latin-1 characters)"
     return "invalid response headers"
 

@@ -118,8 +118,8 @@ def _split_list(values: list[bytes]) -> list[bytes]:
     """Parse a comma-separated list field (RFC 9110 §5.6.1), lower-cased, empties dropped."""
     out = []
     for value in values:
-        for item in value.split(b","):
-            item = item.strip(b" \t")
+        for raw in value.split(b","):
+            item = raw.strip(b" \t")
             if item:
                 out.append(item.lower())
     return out
@@ -132,10 +132,13 @@ class H1Connection:
         self.limits: Final = limits if limits is not None else Limits()
         self.their_state: str = IDLE
         self.our_state: str = IDLE
-        self._buf: bytes = b""
+        self._buf: bytes | bytearray = b""
         self._pos: int = 0
-        # Bytes of an incomplete head already examined (offset into _buf).
+        # Bytes of an incomplete head already examined (offset into _buf), and empty
+        # lines skipped before the current request line.
         self._scanned: int = 0
+        self._skipped: int = 0
+        self._line_checked: bool = False
         self._eof: bool = False
         self._error: RemoteProtocolError | None = None
         # Per-cycle request facts.
@@ -193,12 +196,25 @@ class H1Connection:
         if not data:
             self._eof = True
             return
-        if self._pos >= len(self._buf):
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            # The common case: everything before was consumed; no copy.
             self._buf = data
             self._scanned = 0
         else:
-            self._buf = self._buf[self._pos :] + data
-            self._scanned = max(self._scanned - self._pos, 0)
+            # Unparsed bytes remain (a partial head, chunk line or trailer section):
+            # accumulate in a bytearray, so that a peer trickling bytes one by one
+            # costs linear, not quadratic, copying.
+            if type(buf) is bytearray:
+                if pos:
+                    del buf[:pos]
+                buf += data
+            else:
+                acc = bytearray(buf[pos:])
+                acc += data
+                self._buf = acc
+            self._scanned = max(self._scanned - pos, 0)
         self._pos = 0
 
     def next_event(
@@ -236,9 +252,11 @@ class H1Connection:
         # RFC 9112 §2.2: a server SHOULD ignore at least one empty line received before
         # the request-line (old clients add a CRLF after a POST body).
         if pos < len(buf) and buf[pos] == 0x0D:
+            start = pos
             while buf.startswith(b"\r\n", pos):
                 pos += 2
-            if pos - self._pos > self.limits.max_line:
+            self._skipped += pos - start
+            if self._skipped > self.limits.max_line:
                 raise BadRequest("too many empty lines before the request line")
             self._pos = pos
         # Resume the search where the previous incomplete attempt stopped, so a head
@@ -246,62 +264,91 @@ class H1Connection:
         end = buf.find(b"\r\n\r\n", max(pos, self._scanned - 3))
         if end < 0:
             return self._head_incomplete(buf, pos)
+        if type(buf) is not bytes:
+            buf = self._buf = bytes(buf)  # the head is complete: parse from immutable bytes
         limits = self.limits
-        if end + 4 - pos > limits.max_head:
-            raise HeaderFieldsTooLarge("request head too large")
+        # Checks in the order their bytes arrive (see _head_incomplete), so the verdict
+        # does not depend on how the input was split into reads.
         line_end = buf.find(b"\r\n", pos)
         if line_end - pos > limits.max_line:
-            raise URITooLong("request line too long")
+            self._size_error(buf, pos, limits.max_line, URITooLong("request line too long"))
+        method, target, version = self._request_line(buf, pos, line_end)
+        if end + 4 - pos > limits.max_head:
+            self._size_error(buf, pos, limits.max_head, HeaderFieldsTooLarge("request head too large"))
+        fields = self._parse_fields(buf, line_end + 2, end + 2)
+        self._pos = end + 4
+        self._scanned = 0
+        self._skipped = 0
+        self._line_checked = False
+        return self._build_request(method, target, version, fields)
+
+    def _request_line(self, buf: bytes | bytearray, pos: int, line_end: int) -> tuple[bytes, bytes, bytes]:
+        """Validate the request line ``buf[pos:line_end]``; return method, target, version."""
         m = g.REQUEST_LINE.fullmatch(buf, pos, line_end)
         if m is None:
             self._bad_request_line(buf, pos, line_end)
         method, target, major, minor = m.groups()
         if major == b"1" and minor == b"1":
-            version = b"1.1"
-        elif major == b"1" and minor == b"0":
-            version = b"1.0"
-        elif major == b"1":
+            return method, target, b"1.1"
+        if major == b"1" and minor == b"0":
+            return method, target, b"1.0"
+        if major == b"1":
             # RFC 9110 §2.5: a higher minor version of a major version we implement is
             # processed as the highest minor version we conform to.
-            version = b"1.1"
-        else:
-            raise VersionNotSupported("unsupported HTTP version")
-        fields = self._parse_fields(buf, line_end + 2, end + 2)
-        self._pos = end + 4
-        self._scanned = 0
-        return self._build_request(method, target, version, fields)
+            return method, target, b"1.1"
+        raise VersionNotSupported("unsupported HTTP version")
 
-    def _head_incomplete(self, buf: bytes, pos: int) -> ConnectionClosed | _Sentinel:
+    def _head_incomplete(self, buf: bytes | bytearray, pos: int) -> ConnectionClosed | _Sentinel:
+        """Checks on a partial head, in the order its bytes can reveal a problem, so
+        the verdict does not depend on how the bytes were split into reads."""
         pending = len(buf) - pos
-        if self._eof:
-            if pending == 0:
+        if pending == 0:
+            if self._eof:
                 self.their_state = THEIR_TRANSITIONS[(IDLE, EV_CLOSED)]
                 return ConnectionClosed()
-            raise BadRequest("connection closed in the middle of a request head")
-        if pending == 0:
             return NEED_DATA
         limits = self.limits
-        if pending == 1 and buf[pos] == 0x0D:
-            return NEED_DATA  # maybe the first half of an empty line before the request
-        # Fail fast on what can never become a request: a first byte that is not a
-        # method character (e.g. a TLS handshake sent to a plain-text port).
-        if buf[pos] not in _TCHAR_SET:
-            raise BadRequest("invalid request line")
-        line_end = buf.find(b"\r\n", pos)
-        if (line_end < 0 and pending > limits.max_line) or line_end - pos > limits.max_line:
-            raise URITooLong("request line too long")
-        if pending > limits.max_head:
-            raise HeaderFieldsTooLarge("request head too large")
-        # RFC 9112 §2.2: lines end with CRLF. A bare LF would otherwise leave us waiting
-        # for a CRLFCRLF that never comes; refuse it as soon as it is seen. Only the
-        # bytes not examined by an earlier call are counted (linear overall).
-        start = max(pos, self._scanned)
-        if buf.count(b"\n", start) != buf.count(b"\r\n", start - 1 if start > pos else start):
-            raise BadRequest("bare LF in request head")
+        if not (pending == 1 and buf[pos] == 0x0D):  # maybe half of a leading empty line
+            # Fail fast on what can never become a request: a first byte that is not
+            # a method character (e.g. a TLS handshake sent to a plain-text port).
+            if buf[pos] not in _TCHAR_SET:
+                raise BadRequest("invalid request line")
+            line_end = buf.find(b"\r\n", pos)
+            if line_end >= 0:
+                line_length = line_end - pos
+            else:  # a trailing CR may be the first half of the line's CRLF
+                line_length = pending - (buf[len(buf) - 1] == 0x0D)
+            if line_length > limits.max_line:
+                self._size_error(buf, pos, limits.max_line, URITooLong("request line too long"))
+            if line_end >= 0 and not self._line_checked:
+                # A complete request line is judged at once (400 or 505), before
+                # anything after it.
+                self._request_line(buf, pos, line_end)
+                self._line_checked = True
+            if pending > limits.max_head:
+                self._size_error(buf, pos, limits.max_head, HeaderFieldsTooLarge("request head too large"))
+            # RFC 9112 §2.2: lines end with CRLF. A bare LF would otherwise leave us
+            # waiting for a CRLFCRLF that never comes; refuse it as soon as it is seen.
+            # Only bytes not examined by an earlier call are counted (linear overall).
+            start = max(pos, self._scanned)
+            if buf.count(b"\n", start) != buf.count(b"\r\n", start - 1 if start > pos else start):
+                raise BadRequest("bare LF in request head")
+        if self._eof:
+            raise BadRequest("connection closed in the middle of a request head")
         self._scanned = len(buf)
         return NEED_DATA
 
-    def _bad_request_line(self, buf: bytes, pos: int, end: int) -> NoReturn:
+    def _size_error(self, buf: bytes | bytearray, pos: int, limit: int, exc: RemoteProtocolError) -> NoReturn:
+        """Raise ``exc`` for a head over ``limit`` bytes, unless a byte before the limit
+        already made it invalid (that error came first, whatever the read sizes)."""
+        stop = min(len(buf), pos + limit + 1)
+        if buf[pos] not in _TCHAR_SET:
+            raise BadRequest("invalid request line")
+        if buf.count(b"\n", pos, stop) != buf.count(b"\r\n", pos, stop):
+            raise BadRequest("bare LF in request head")
+        raise exc
+
+    def _bad_request_line(self, buf: bytes | bytearray, pos: int, end: int) -> NoReturn:
         """Raise the most specific error for a request line that did not match."""
         parts = buf[pos:end].split(b" ")
         if len(parts) != 3:
@@ -342,131 +389,28 @@ class H1Connection:
     def _build_request(
         self, method: bytes, target: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
     ) -> Request:
-        headers: list[tuple[bytes, bytes]] = []
-        content_lengths: list[bytes] | None = None
-        codings: list[bytes] | None = None
-        connection: list[bytes] | None = None
-        expect: list[bytes] | None = None
-        host: bytes | None = None
-        host_count = 0
-        for name, value in fields:
-            lname = name.lower()
-            headers.append((lname, value))
-            if lname not in _SPECIAL_FIELDS:
-                continue
-            if lname == b"host":
-                host = value
-                host_count += 1
-            elif lname == b"content-length":
-                content_lengths = [value] if content_lengths is None else [*content_lengths, value]
-            elif lname == b"transfer-encoding":
-                codings = [value] if codings is None else [*codings, value]
-            elif lname == b"connection":
-                connection = [value] if connection is None else [*connection, value]
-            else:
-                expect = [value] if expect is None else [*expect, value]
-
-        # RFC 9112 §3.2: exactly one valid Host in HTTP/1.1, at most one in HTTP/1.0.
-        if host_count > 1:
-            raise BadRequest("more than one Host header")
-        if host_count == 0 and version == b"1.1":
-            raise BadRequest("missing Host header")
-        if host is not None and host not in _valid_hosts:
-            if g.HOST_VALUE.fullmatch(host) is None:
-                raise BadRequest("invalid Host header")
-            if len(_valid_hosts) < 64:
-                _valid_hosts.add(host)
-
-        # Target forms, RFC 9112 §3.2.
-        authority: bytes | None = None
-        if method == b"CONNECT":
-            raise NotImplementedByServer("CONNECT is not supported")
-        if target[0] == 0x2F:  # "/": origin-form
-            path, _, query = target.partition(b"?")
-        elif target == b"*":
-            if method != b"OPTIONS":
-                raise BadRequest("asterisk-form is only valid for OPTIONS")
-            path, query = b"*", b""
-        else:
-            authority, path, query = _absolute_form(target)
-        # (bytes.find, not `in`: CPython's bytes.__contains__ first tries the operand as an
-        # int and raises internally, which costs more than the search itself.)
-        if target.find(b"#") >= 0:
-            raise BadRequest("fragment in request target")
-
-        # Body framing, RFC 9112 §6.1-§6.3.
-        chunked = False
-        content_length = 0
-        if codings is not None:
-            if version == b"1.0":
-                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-            if content_lengths is not None:
-                raise BadRequest("both Content-Length and Transfer-Encoding")
-            items = _split_list(codings)
-            if not items:
-                raise BadRequest("empty Transfer-Encoding")
-            for item in items:
-                if item != b"chunked":
-                    raise NotImplementedByServer("unsupported transfer coding")
-            if len(items) != 1:
-                raise BadRequest("chunked applied more than once")
-            chunked = True
-        elif content_lengths is not None:
-            content_length = _content_length(content_lengths)
-            max_body = self.limits.max_body
-            if max_body and content_length > max_body:
-                raise ContentTooLarge("request body too large")
-
-        # Persistence, RFC 9112 §9.3.
-        if version == b"1.1":
-            keep_alive = True
-            if connection is not None and b"close" in _split_list(connection):
-                keep_alive = False
-        else:
-            keep_alive = False
-            if connection is not None:
-                tokens = _split_list(connection)
-                keep_alive = b"keep-alive" in tokens and b"close" not in tokens
-
-        # Expectations, RFC 9110 §10.1.1 (ignored in HTTP/1.0 requests).
-        expect_continue = False
-        if expect is not None and version == b"1.1":
-            for item in _split_list(expect):
-                if item != b"100-continue":
-                    raise ExpectationFailed("unsupported expectation")
-            expect_continue = chunked or content_length > 0
-
+        request = request_from_head(
+            method, target, version, [(name.lower(), value) for name, value in fields], self.limits.max_body
+        )
         self._version = version
         self._head_request = method == b"HEAD"
-        self._req_keep_alive = keep_alive
-        self._waiting_continue = expect_continue
-        if chunked:
+        self._req_keep_alive = request.keep_alive
+        self._waiting_continue = request.expect_continue
+        if request.chunked:
             self.their_state = THEIR_TRANSITIONS[(IDLE, EV_HEAD)]
             self._body_mode = _CHUNKED
             self._chunk_state = _CH_SIZE
             self._body_total = 0
-        elif content_length:
+        elif request.content_length:
             self.their_state = THEIR_TRANSITIONS[(IDLE, EV_HEAD)]
             self._body_mode = _LENGTH
-            self._remaining = content_length
+            self._remaining = request.content_length
         else:
             self._body_mode = _NO_BODY
             self.their_state = (
-                THEIR_TRANSITIONS[(IDLE, EV_HEAD_COMPLETE)] if keep_alive else MUST_CLOSE
+                THEIR_TRANSITIONS[(IDLE, EV_HEAD_COMPLETE)] if request.keep_alive else MUST_CLOSE
             )
-        return Request(
-            method,
-            target,
-            path,
-            query,
-            version,
-            headers,
-            authority=authority,
-            content_length=content_length,
-            chunked=chunked,
-            keep_alive=keep_alive,
-            expect_continue=expect_continue,
-        )
+        return request
 
     # -- request body
 
@@ -490,7 +434,10 @@ class H1Connection:
                 raise BadRequest("connection closed before the request body was complete")
             return NEED_DATA
         n = self._remaining if self._remaining < avail else avail
-        data = buf if pos == 0 and n == len(buf) else buf[pos : pos + n]
+        if type(buf) is bytes:
+            data = buf if pos == 0 and n == avail else buf[pos : pos + n]
+        else:
+            data = bytes(memoryview(buf)[pos : pos + n])
         self._pos = pos + n
         self._remaining -= n
         # Body bytes arriving mean the client stopped waiting for 100 Continue.
@@ -538,7 +485,7 @@ class H1Connection:
             else:
                 return self._trailers(buf, pos)
 
-    def _chunk_line_incomplete(self, buf: bytes, pos: int, line_end: int) -> _Sentinel:
+    def _chunk_line_incomplete(self, buf: bytes | bytearray, pos: int, line_end: int) -> _Sentinel:
         if line_end >= 0 or len(buf) - pos > MAX_CHUNK_LINE:
             raise BadRequest("chunk size line too long")
         if buf.find(b"\n", pos) >= 0:
@@ -547,32 +494,41 @@ class H1Connection:
             raise BadRequest("connection closed before the request body was complete")
         return NEED_DATA
 
-    def _trailers(self, buf: bytes, pos: int) -> EndOfMessage | _Sentinel:
+    def _trailers(self, buf: bytes | bytearray, pos: int) -> EndOfMessage | _Sentinel:
         """RFC 9112 §7.1.2: trailer-section = *( field-line CRLF ), then CRLF."""
         if buf.startswith(b"\r\n", pos):
             self._pos = pos + 2
             return self._end_of_request(_EMPTY_EOM)
-        end = buf.find(b"\r\n\r\n", pos)
         limits = self.limits
         max_trailers = limits.max_fields * (limits.max_field_size + 2)
+        end = buf.find(b"\r\n\r\n", max(pos, self._scanned - 3))
         if end < 0:
+            # As for heads: only new bytes are examined (linear overall), and a bare LF
+            # before the size limit wins over the limit, whatever the read sizes.
             pending = len(buf) - pos
             if pending > max_trailers:
-                raise HeaderFieldsTooLarge("trailer section too large")
-            if pending >= 2 and buf.count(b"\n", pos) != buf.count(b"\r\n", pos):
-                raise BadRequest("bare LF in trailer section")
-            if pending == 1 and buf[pos] == 0x0A:
+                self._trailer_size_error(buf, pos, max_trailers)
+            start = max(pos, self._scanned)
+            if buf.count(b"\n", start) != buf.count(b"\r\n", start - 1 if start > pos else start):
                 raise BadRequest("bare LF in trailer section")
             if self._eof:
                 raise BadRequest("connection closed before the request body was complete")
+            self._scanned = len(buf)
             return NEED_DATA
+        self._scanned = 0
         if end + 4 - pos > max_trailers:
-            raise HeaderFieldsTooLarge("trailer section too large")
+            self._trailer_size_error(buf, pos, max_trailers)
         # FIELD_LINE anchors on the LF before each line; the trailer section may start
-        # at the very beginning of a buffer, so give it one.
+        # at the very beginning of a buffer, so give it one (also makes it bytes).
         fields = self._parse_fields(b"\n" + buf[pos : end + 2], 1, end + 3 - pos)
         self._pos = end + 4
         return self._end_of_request(EndOfMessage([(n.lower(), v) for n, v in fields]))
+
+    def _trailer_size_error(self, buf: bytes | bytearray, pos: int, limit: int) -> NoReturn:
+        stop = pos + limit + 1
+        if buf.count(b"\n", pos, stop) != buf.count(b"\r\n", pos, stop):
+            raise BadRequest("bare LF in trailer section")
+        raise HeaderFieldsTooLarge("trailer section too large")
 
     def _end_of_request(self, eom: EndOfMessage) -> EndOfMessage:
         self.their_state = THEIR_TRANSITIONS[(SEND_BODY, EV_END)]
@@ -621,12 +577,18 @@ class H1Connection:
             # HTTP/1.0 client, unknown length: the close delimits the body.
             mode = _CLOSE_DELIMITED
             keep = False
-        if keep and self.their_state is SEND_BODY:
-            # An early response. A client still waiting for 100 Continue may or may not
-            # send the body now (RFC 9110 §10.1.1), and a large unread body is cheaper
-            # to cut off than to read: close in both cases.
-            if self._waiting_continue or (self._body_mode == _LENGTH and self._remaining > self.limits.max_drain):
-                keep = False
+        # An early response (the body is still coming): a client still waiting for 100
+        # Continue may or may not send the body now (RFC 9110 §10.1.1), and a large
+        # unread body is cheaper to cut off than to read: close in both cases.
+        if (
+            keep
+            and self.their_state is SEND_BODY
+            and (
+                self._waiting_continue
+                or (self._body_mode == _LENGTH and self._remaining > self.limits.max_drain)
+            )
+        ):
+            keep = False
         if self.their_state is ERROR:
             keep = False
         self._waiting_continue = False
@@ -639,9 +601,7 @@ class H1Connection:
             framing += b"Connection: close\r\n"
         elif self._version == b"1.0":
             framing += b"Connection: keep-alive\r\n"
-        return b"".join(
-            (b"HTTP/1.1 ", response.status_line, b"\r\n", response.headers, framing, b"\r\n")
-        )
+        return b"".join((b"HTTP/1.1 ", response.status_line, b"\r\n", response.headers, framing, b"\r\n"))
 
     def send_data(self, data: bytes) -> bytes:
         """Frame one piece of response body (empty input gives empty output)."""
@@ -702,9 +662,7 @@ class H1Connection:
     def start_next_cycle(self) -> None:
         """Reset both sides to IDLE for the next pipelined/keep-alive request."""
         if self.their_state is not DONE or self.our_state is not DONE:
-            raise LocalProtocolError(
-                f"cannot start a new cycle from ({self.their_state}, {self.our_state})"
-            )
+            raise LocalProtocolError(f"cannot start a new cycle from ({self.their_state}, {self.our_state})")
         self.their_state = IDLE
         self.our_state = IDLE
         self._req_keep_alive = True
@@ -713,15 +671,131 @@ class H1Connection:
         self._head_request = False
 
 
-_TCHAR_SET: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TCHAR_SET: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+
+def request_from_head(
+    method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]], max_body: int = 0
+) -> Request:
+    """Apply RFC 9110/9112 request semantics to a syntactically valid head.
+
+    ``headers`` have lower-case names. Checks Host (§3.2), the target form (§3.2),
+    body framing (§6), persistence (§9.3) and expectations (RFC 9110 §10.1.1); raises
+    the RemoteProtocolError that the first violation implies.
+    """
+    content_lengths: list[bytes] | None = None
+    codings: list[bytes] | None = None
+    connection: list[bytes] | None = None
+    expect: list[bytes] | None = None
+    host: bytes | None = None
+    host_count = 0
+    for lname, value in headers:
+        if lname not in _SPECIAL_FIELDS:
+            continue
+        if lname == b"host":
+            host = value
+            host_count += 1
+        elif lname == b"content-length":
+            content_lengths = [value] if content_lengths is None else [*content_lengths, value]
+        elif lname == b"transfer-encoding":
+            codings = [value] if codings is None else [*codings, value]
+        elif lname == b"connection":
+            connection = [value] if connection is None else [*connection, value]
+        else:
+            expect = [value] if expect is None else [*expect, value]
+
+    # RFC 9112 §3.2: exactly one valid Host in HTTP/1.1, at most one in HTTP/1.0.
+    if host_count > 1:
+        raise BadRequest("more than one Host header")
+    if host_count == 0 and version == b"1.1":
+        raise BadRequest("missing Host header")
+    if host is not None and host not in _valid_hosts:
+        if g.HOST_VALUE.fullmatch(host) is None:
+            raise BadRequest("invalid Host header")
+        if len(_valid_hosts) < 64:
+            _valid_hosts.add(host)
+
+    # Target forms, RFC 9112 §3.2.
+    authority: bytes | None = None
+    if method == b"CONNECT":
+        raise NotImplementedByServer("CONNECT is not supported")
+    if target[0] == 0x2F:  # "/": origin-form
+        path, _, query = target.partition(b"?")
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise BadRequest("asterisk-form is only valid for OPTIONS")
+        path, query = b"*", b""
+    else:
+        authority, path, query = _absolute_form(target)
+    # (bytes.find, not `in`: CPython's bytes.__contains__ first tries the operand as an
+    # int and raises internally, which costs more than the search itself.)
+    if target.find(b"#") >= 0:
+        raise BadRequest("fragment in request target")
+
+    # Body framing, RFC 9112 §6.1-§6.3.
+    chunked = False
+    content_length = 0
+    if codings is not None:
+        if version == b"1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        if content_lengths is not None:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        items = _split_list(codings)
+        if not items:
+            raise BadRequest("empty Transfer-Encoding")
+        for item in items:
+            if item != b"chunked":
+                raise NotImplementedByServer("unsupported transfer coding")
+        if len(items) != 1:
+            raise BadRequest("chunked applied more than once")
+        chunked = True
+    elif content_lengths is not None:
+        content_length = _content_length(content_lengths)
+        if max_body and content_length > max_body:
+            raise ContentTooLarge("request body too large")
+
+    # Persistence, RFC 9112 §9.3.
+    if version == b"1.1":
+        keep_alive = True
+        if connection is not None and b"close" in _split_list(connection):
+            keep_alive = False
+    else:
+        keep_alive = False
+        if connection is not None:
+            tokens = _split_list(connection)
+            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+
+    # Expectations, RFC 9110 §10.1.1 (ignored in HTTP/1.0 requests).
+    expect_continue = False
+    if expect is not None and version == b"1.1":
+        for item in _split_list(expect):
+            if item != b"100-continue":
+                raise ExpectationFailed("unsupported expectation")
+        expect_continue = chunked or content_length > 0
+
+    return Request(
+        method,
+        target,
+        path,
+        query,
+        version,
+        headers,
+        authority=authority,
+        content_length=content_length,
+        chunked=chunked,
+        keep_alive=keep_alive,
+        expect_continue=expect_continue,
+    )
 
 
 def _content_length(values: list[bytes]) -> int:
     """RFC 9110 §8.6: 1*DIGIT; a list of identical values may be accepted as one."""
     lengths = set()
     for value in values:
-        for item in value.split(b","):
-            item = item.strip(b" \t")
+        for raw in value.split(b","):
+            item = raw.strip(b" \t")
             if g.DIGITS.fullmatch(item) is None:
                 raise BadRequest("invalid Content-Length")
             if len(item.lstrip(b"0")) > _MAX_CL_DIGITS:

@@ -38,9 +38,7 @@ FIELD_LINE: Final = re.compile(
 # each (§3 allows lenient whitespace parsing; a strict server does not). The target is
 # checked for its form separately; here it is any run of visible bytes (obs-text is
 # tolerated in the target because real clients send raw UTF-8 paths).
-REQUEST_LINE: Final = re.compile(
-    rb"(" + TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])"
-)
+REQUEST_LINE: Final = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])")
 # Something that at least *looks* like a request line with a bad version, so that we
 # can answer 505 for a well-formed but unsupported version and 400 for garbage.
 ANY_VERSION: Final = re.compile(rb"HTTP/[0-9]\.[0-9]")
@@ -57,9 +55,7 @@ CHUNK_LINE: Final = re.compile(
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
 # uri-host is an IP-literal in brackets or a reg-name (unreserved / pct-encoded /
 # sub-delims); IPv4 addresses are a subset of reg-name.
-HOST_VALUE: Final = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?"
-)
+HOST_VALUE: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 
 # RFC 9110 §8.6: Content-Length = 1*DIGIT
 DIGITS: Final = re.compile(rb"[0-9]+")
