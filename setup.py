@@ -20,6 +20,8 @@ HOT_MODULES = [
     "src/rapidwsgi/events.py",
     "src/rapidwsgi/protocols/http1/_grammar.py",
     "src/rapidwsgi/protocols/http1/_state.py",
+    "src/rapidwsgi/protocols/http1/_semantics.py",
+    "src/rapidwsgi/protocols/http1/_tokenizer.py",
     "src/rapidwsgi/protocols/http1/_connection.py",
     "src/rapidwsgi/wsgi.py",
     "src/rapidwsgi/bridge.py",

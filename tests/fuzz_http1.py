@@ -238,10 +238,24 @@ def check_input(
         splits.append([data[i : i + 1] for i in range(len(data))])
     for chunks in splits:
         part = drive(chunks, limits)
-        assert part.key() == whole.key(), (
+        assert same_outcome(part, whole), (
             f"split into {[len(c) for c in chunks]} gives {part.key()!r}, whole gives {whole.key()!r}"
         )
     return whole
+
+
+#: Statuses of size limits. llhttp consumes whole reads, so for an input that is both
+#: over a limit and malformed further on, which is noticed first depends on the reads.
+LIMIT_STATUSES = frozenset({414, 431})
+
+
+def same_outcome(a: Outcome, b: Outcome) -> bool:
+    """Equal outcomes, except that two rejections may differ when one is a size limit."""
+    if a.key()[:2] != b.key()[:2]:
+        return False
+    if a.status == b.status:
+        return True
+    return a.status is not None and b.status is not None and bool({a.status, b.status} & LIMIT_STATUSES)
 
 
 # ------------------------------------------------------------------------ mutation

@@ -3,7 +3,8 @@
 Each stream is fed whole, CRLF-line by line, byte by byte and in 20 seeded random
 splits; the harness (``tests/fuzz_http1.py``) plays the server, answering each complete
 request and starting the next cycle. The outcome must equal the corpus expectation for
-every split, and after an error nothing more may be produced.
+every split (a head trickling in may be judged only at the close, see HEAD_FEED), and
+after an error nothing more may be produced.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def test_eof_after_valid_stream_is_a_clean_close(case: Valid) -> None:
 
 def _assert_rejected(out: Outcome, case: Invalid, where: str) -> None:
     assert out.error is not None, f"{where}: accepted ({len(out.messages)} requests, {out.final})"
-    assert out.status == case.status, f"{where}: status {out.status} ({out.error.reason})"
+    assert out.status in (case.status, *case.also), f"{where}: status {out.status} ({out.error.reason})"
     complete = [m for m in out.messages if m.complete]
     assert len(complete) == len(case.before), where
     for msg, want in zip(complete, case.before, strict=True):
@@ -123,6 +124,11 @@ def test_invalid_stream_is_rejected_with_expected_status(case: Invalid, split: s
             assert waiting.error is None, f"{where}: rejected before EOF ({waiting.error})"
             assert waiting.final == "need_data", where
         out = drive(chunks, _limits(case), eof=case.eof)
+        if not case.eof and out.error is None and out.final == "need_data":
+            # A head arriving in small pieces is held back until its end, HEAD_FEED
+            # bytes of it, or the close (so that llhttp is not fed byte by byte): the
+            # verdict may wait for the close, but must then be the same.
+            out = drive(chunks, _limits(case), eof=True)
         _assert_rejected(out, case, where)
 
 

@@ -102,12 +102,13 @@ def test_empty_send_data_on_chunked_response_emits_nothing() -> None:
     assert conn.send_data(b"a") == b"1\r\na\r\n"
 
 
-def test_http12_client_gets_http11_framing() -> None:
-    # RFC 9110 §2.5: a 1.x client with x > 1 is answered as an HTTP/1.1 client.
-    conn = connect(request(b"GET / HTTP/1.2", b"Host: a"))
-    head = conn.send_response(response())
-    assert fields(head)[b"transfer-encoding"] == [b"chunked"]
-    assert b"connection" not in fields(head)
+def test_http12_request_is_refused_as_malformed() -> None:
+    # llhttp knows no HTTP/1.2; the request is refused (400) before any response.
+    conn = H1Connection()
+    conn.receive_data(request(b"GET / HTTP/1.2", b"Host: a"))
+    with pytest.raises(RemoteProtocolError) as info:
+        conn.next_event()
+    assert info.value.status == 400
 
 
 @pytest.mark.parametrize("raw", [GET10, GET10_KA], ids=["plain", "keep-alive"])

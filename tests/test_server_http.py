@@ -171,7 +171,7 @@ def test_chunked_body_with_extensions_and_trailers_reaches_app_intact(server: Se
         b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5;name=value\r\nhello\r\n"
         b'1;a;b="quoted; \\"str\\""\r\n \r\n'
-        b"A ; x = 1\r\n0123456789\r\n"
+        b"A;x=1\r\n0123456789\r\n"
         b"0;last\r\nX-Trailer: yes\r\nX-Other: 2\r\n\r\n"
     )
     with connect(server) as conn:
@@ -429,11 +429,11 @@ def test_absolute_form_target_sets_path_info_and_host_from_authority(server: Ser
     ("target", "path_bytes"),
     [
         (b"/echo/%E2%98%83", b"/echo/\xe2\x98\x83"),
-        (b"/echo/\xe2\x98\x83", b"/echo/\xe2\x98\x83"),
         (b"/echo/caf%e9%20x", b"/echo/caf\xe9 x"),
         (b"/echo/a%2Fb%25", b"/echo/a/b%"),
     ],
-    ids=["utf8-encoded", "utf8-raw", "latin1-encoded", "slash-and-percent"],
+    # (a raw UTF-8 target is refused with 400: see REJECTIONS)
+    ids=["utf8-encoded", "latin1-encoded", "slash-and-percent"],
 )
 def test_path_info_is_percent_decoded_as_latin1_and_raw_uri_is_raw(
     server: ServerProcess, target: bytes, path_bytes: bytes
@@ -517,7 +517,8 @@ REJECTIONS: list[tuple[str, bytes, int]] = [
     ("bad-header-name", _req("GET /hello HTTP/1.1\r\nHost: t\r\nX(A): b\r\n\r\n"), 400),
     ("conflicting-lengths", _req("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\nab"), 400),
     ("negative-length", _req("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n"), 400),
-    ("double-space", _req("GET  /hello HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+    ("tab-separator", _req("GET\t/hello HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+    ("raw-utf8-target", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     ("lowercase-version", _req("GET /hello http/1.1\r\nHost: t\r\n\r\n"), 400),
     ("te-in-http10", _req("POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
     (

@@ -343,7 +343,7 @@ class HTTPConnection:
 
     def _on_need_data(self) -> None:
         if self._request is None:
-            if self._phase == _IDLE and self.h1.buffered:
+            if self._phase == _IDLE and self.h1.receiving_head:
                 # The first bytes of a head: it must now complete within header_timeout.
                 self._phase = _HEAD
                 self._deadline = monotonic() + self.ctx.header_timeout
@@ -613,7 +613,7 @@ class HTTPConnection:
         self._phase = _IDLE
         self._deadline = monotonic() + ctx.keep_alive
         self._resume_reading()
-        if not self._in_process and (h1.buffered or h1.eof):
+        if not self._in_process and (h1.has_pending or h1.eof):
             self._process()
 
     def _close_after_response(self) -> None:
@@ -705,7 +705,12 @@ class HTTPConnection:
     def begin_shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the current response."""
         self._closing = True
-        if self._phase == _IDLE and self._request is None and not self.h1.buffered:
+        if (
+            self._phase == _IDLE
+            and self._request is None
+            and not self.h1.has_pending
+            and not self.h1.receiving_head
+        ):
             self._close_after_response()
 
     # ------------------------------------------------------------ sendfile

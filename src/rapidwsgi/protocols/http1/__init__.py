@@ -1,6 +1,7 @@
 """Sans-IO HTTP/1.1 (RFC 9112) for the server side. See ``_connection.py``."""
 
-from ._connection import MAX_CHUNK_LINE, H1Connection, Limits
+from ._connection import H1Connection
+from ._semantics import Limits, request_from_head
 from ._state import CLOSED, DONE, ERROR, IDLE, MUST_CLOSE, SEND_BODY
 
 __all__ = [
@@ -8,9 +9,9 @@ __all__ = [
     "DONE",
     "ERROR",
     "IDLE",
-    "MAX_CHUNK_LINE",
     "MUST_CLOSE",
     "SEND_BODY",
     "H1Connection",
     "Limits",
+    "request_from_head",
 ]

@@ -1,0 +1,138 @@
+"""llhttp (through httptools) as the request tokenizer, with rapidwsgi's rules on top.
+
+llhttp does the byte-level work in C: request line, field syntax (it refuses CR, LF,
+NUL and other control bytes, obs-fold, whitespace before the colon, bare LF line
+endings, malformed chunk framing, Content-Length together with Transfer-Encoding,
+duplicate Content-Length). This module turns its callbacks into
+:mod:`rapidwsgi.events` and adds what llhttp does not do:
+
+* request semantics (``request_from_head``): exactly one Host, target forms, framing
+  rules (501 for unknown transfer codings, no Transfer-Encoding in HTTP/1.0), 505 for
+  versions other than 1.0/1.1, Expect, persistence;
+* limits (414/431/413), checked exactly on each complete target, field and body
+  piece — llhttp has none. (httptools accumulates a field that arrives in pieces with
+  repeated ``bytes +=``; the caller therefore feeds a head that is still incomplete in
+  pieces of at least a few KiB, which keeps that accumulation cheap, and bounds the
+  memory of an endless head.)
+* trailing whitespace is stripped from field values (RFC 9112 §5: OWS is not part of
+  the value; llhttp keeps it).
+
+Callbacks never let an error pass silently: they record it and raise, which makes
+llhttp stop; the caller reports the recorded error.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Final, NoReturn
+
+import httptools
+
+from ...errors import (
+    ContentTooLarge,
+    HeaderFieldsTooLarge,
+    RemoteProtocolError,
+    URITooLong,
+    VersionNotSupported,
+)
+from ...events import Data, EndOfMessage, Request
+from ._semantics import Limits, request_from_head
+
+#: Events and errors, in stream order, as the callbacks produce them.
+QueueItem = Request | Data | EndOfMessage | RemoteProtocolError
+
+_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
+class Tokenizer:
+    """Receives llhttp's callbacks for one connection (see the module docstring)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.queue: deque[QueueItem] = deque()
+        #: Body bytes queued as Data events and not yet taken.
+        self.queued_bytes = 0
+        self.error: RemoteProtocolError | None = None
+        self.parser: Any = httptools.HttpRequestParser(self)
+        self.in_message = False
+        self.in_head = False
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.has_body = False
+        self.body_total = 0
+
+    def restart(self) -> None:
+        """A fresh llhttp parser (after an Upgrade request, which llhttp stops at)."""
+        self.parser = httptools.HttpRequestParser(self)
+
+    def _fail(self, exc: RemoteProtocolError) -> NoReturn:
+        self.error = exc
+        raise exc
+
+    # -- llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.in_head = True
+        self.url = b""
+        self.headers = []
+        self.trailers = None
+        self.has_body = False
+        self.body_total = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url if not self.url else self.url + url
+        if len(self.url) > self.limits.max_line:
+            self._fail(URITooLong("request target too long"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        if len(name) + len(value) + 2 > limits.max_field_size:
+            self._fail(HeaderFieldsTooLarge("header field too large"))
+        if value and value[len(value) - 1] in (0x20, 0x09):
+            value = value.rstrip(b" \t")  # RFC 9112 §5: trailing OWS is not the value
+        if self.in_head:
+            headers = self.headers
+            if len(headers) >= limits.max_fields:
+                self._fail(HeaderFieldsTooLarge("too many header fields"))
+            headers.append((name.lower(), value))
+        else:  # RFC 9112 §7.1.2: fields after the last chunk are trailers
+            trailers = self.trailers
+            if trailers is None:
+                trailers = self.trailers = []
+            if len(trailers) >= limits.max_fields:
+                self._fail(HeaderFieldsTooLarge("too many trailer fields"))
+            trailers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            self._fail(VersionNotSupported("unsupported HTTP version"))
+        try:
+            request = request_from_head(
+                parser.get_method(), self.url, version, self.headers, self.limits.max_body
+            )
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+        self.has_body = request.chunked or request.content_length > 0
+        self.queue.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_total += len(body)
+        max_body = self.limits.max_body
+        if max_body and self.body_total > max_body:
+            self._fail(ContentTooLarge("request body too large"))
+        self.queued_bytes += len(body)
+        self.queue.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        if self.has_body:
+            trailers = self.trailers
+            self.queue.append(EndOfMessage(trailers) if trailers else _EMPTY_EOM)
+
+
+_EMPTY_EOM: Final = EndOfMessage()
