@@ -64,6 +64,27 @@ def _environ_key(name: bytes) -> str:
     return key
 
 
+# Decoded request targets (PATH_INFO, QUERY_STRING, RAW_URI) by raw target: popular
+# URLs repeat, and decoding is pure. Bounded: cleared when full.
+_targets: Final[dict[bytes, tuple[str, str, str]]] = {}
+_MAX_CACHED_TARGETS: Final = 1024
+_methods: Final[dict[bytes, str]] = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
+}
+
+
+def _decode_target(request: Request) -> tuple[str, str, str]:
+    path = request.path
+    if path.find(b"%") >= 0:  # not `in`: see _semantics.py on bytes.__contains__
+        path = unquote_to_bytes(path)
+    decoded = (path.decode("latin-1"), request.query.decode("latin-1"), request.target.decode("latin-1"))
+    if len(request.target) <= 256:  # (long, one-off targets are not worth keeping)
+        if len(_targets) >= _MAX_CACHED_TARGETS:
+            _targets.clear()
+        _targets[request.target] = decoded
+    return decoded
+
+
 def build_environ(base: Environ, request: Request, wsgi_input: object) -> Environ:
     """A fresh environ for ``request`` (PEP 3333 §"environ Variables").
 
@@ -73,17 +94,19 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
     RAW_URI / REQUEST_URI are the raw bytes as latin-1.
     """
     environ = base.copy()
-    path = request.path
-    if path.find(b"%") >= 0:  # not `in`: see _connection.py on bytes.__contains__
-        path = unquote_to_bytes(path)
-    path_info = path.decode("latin-1")
+    decoded = _targets.get(request.target)
+    if decoded is None:
+        decoded = _decode_target(request)
+    path_info, query, target = decoded
     script_name: str = environ["SCRIPT_NAME"]
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name) :]
-    target = request.target.decode("latin-1")
-    environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+    method = _methods.get(request.method)
+    if method is None:
+        method = request.method.decode("latin-1")
+    environ["REQUEST_METHOD"] = method
     environ["PATH_INFO"] = path_info
-    environ["QUERY_STRING"] = request.query.decode("latin-1")
+    environ["QUERY_STRING"] = query
     environ["RAW_URI"] = target
     environ["REQUEST_URI"] = target
     environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.version == b"1.1" else "HTTP/1.0"
