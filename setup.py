@@ -67,8 +67,8 @@ def ext_modules() -> list[Any]:
         return []
     try:
         return list(mypycify(HOT_MODULES, opt_level="3", group_name="rapidwsgi_native"))
-    except Exception as exc:
-        print(f"rapidwsgi: mypyc failed ({exc}); installing pure Python", file=sys.stderr)
+    except (Exception, SystemExit) as exc:  # mypyc exits on type errors
+        print(f"rapidwsgi: mypyc failed ({exc!r}); installing pure Python", file=sys.stderr)
         return []
 
 
