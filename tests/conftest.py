@@ -25,6 +25,7 @@ TESTS = Path(__file__).resolve().parent
 SOURCE_MODE = os.environ.get("RAPIDWSGI_TEST_SOURCE") == "1"
 if SOURCE_MODE:
     sys.path.insert(0, str(ROOT / "src"))
+_SERVING = re.compile(r"Worker \d+ serving")
 _LISTENING = re.compile(r"Listening at: (http://\[?([^\]\s]+?)\]?:(\d+)|unix:(\S+)) \(")
 
 
@@ -84,10 +85,31 @@ class ServerProcess:
                     self._listening.set()
 
     def wait_listening(self, timeout: float = 15.0) -> None:
+        """Wait until the master listens and a worker serves."""
         deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
+        while not self._listening.wait(0.05) or not _SERVING.search(self.stderr):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start (exit {self.proc.poll()}):\n{self.stderr}")
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The master's child processes (its workers), as the kernel lists them."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+
+    @property
+    def worker_pid(self) -> int:
+        """The PID of the only worker (waits briefly for it to exist)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = self.worker_pids
+            if len(pids) == 1:
+                return pids[0]
+            time.sleep(0.05)
+        raise AssertionError(f"expected one worker, found {self.worker_pids}")
 
     @property
     def address(self) -> tuple[str, int] | str:

@@ -33,9 +33,11 @@ RANKS = {
     "rapidwsgi.config": 5,
     "rapidwsgi.loader": 5,
     "rapidwsgi.worker": 6,
-    "rapidwsgi.cli": 7,
-    "rapidwsgi.__main__": 8,
-    "rapidwsgi.demo": 8,
+    "rapidwsgi.reloader": 6,
+    "rapidwsgi.supervisor": 7,
+    "rapidwsgi.cli": 8,
+    "rapidwsgi.__main__": 9,
+    "rapidwsgi.demo": 9,
 }
 
 

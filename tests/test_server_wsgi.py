@@ -123,7 +123,7 @@ def assert_aborted(conn: RawConnectionExtras) -> bytes:
 
 
 def rss_kb(server: ServerProcess) -> int:
-    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    status = Path(f"/proc/{server.worker_pid}/status").read_text()
     match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     assert match is not None
     return int(match.group(1))
@@ -336,7 +336,7 @@ def test_file_wrapper_on_regular_file_is_sent_without_reading_it_in_python(serve
 
 
 def test_file_wrapper_files_are_closed_after_the_response(server: ServerProcess) -> None:
-    fd_dir = Path(f"/proc/{server.proc.pid}/fd")
+    fd_dir = Path(f"/proc/{server.worker_pid}/fd")
 
     def deleted_files() -> list[str]:
         names = []

@@ -8,23 +8,18 @@ there is one) and exits non-zero.
 
 from __future__ import annotations
 
-import enum
+import grp
 import os
+import pwd
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import Config, build_parser
-from .errors import AppLoadError, BindError, ConfigError
-from .loader import load_app
+from .errors import BindError, ConfigError, ExitCode
 from .log import error_log, setup_error_log
-from .sockets import bind, parse_address
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    USAGE = 2  # bad command line or setting (argparse's convention)
-    APP_LOAD = 4  # the application could not be imported (gunicorn's code)
-    BIND = 5  # a listening socket could not be created
+from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_usage(sys.stderr)
         print("rapidwsgi: error: the application (MODULE:APP) is required", file=sys.stderr)
         return ExitCode.USAGE
-    errors = setup_error_log(config.log_level, config.error_logfile)
+    setup_error_log(config.log_level, config.error_logfile)
 
     if config.chdir:
         try:
@@ -53,20 +48,66 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.path.insert(0, os.path.abspath(path.strip()))
 
     try:
-        sockets = [bind(parse_address(text), config.backlog, config.umask) for text in config.bind]
+        sockets = open_sockets(config)
     except BindError as exc:
         error_log.error("%s", exc)
         return ExitCode.BIND
-
     try:
-        app = load_app(config.app)
-    except AppLoadError as exc:
-        if exc.detail:
-            error_log.error("%s\n%s", exc, exc.detail.rstrip())
+        drop_privileges(config, sockets)
+    except ConfigError as exc:
+        error_log.error("%s", exc)
+        return ExitCode.USAGE
+
+    from .supervisor import Master
+
+    return Master(config, sockets).run()
+
+
+def open_sockets(config: Config) -> list[socket.socket]:
+    """The listening sockets: systemd's if it passed some, else ``--bind``.
+
+    With ``--reuse-port`` TCP addresses are only bound here (holding the port); each
+    worker listens on its own SO_REUSEPORT socket.
+    """
+    inherited = systemd_sockets()
+    if inherited:
+        error_log.info("Using %d socket(s) from systemd (LISTEN_FDS)", len(inherited))
+        return inherited
+    sockets = []
+    for text in config.bind:
+        address = parse_address(text)
+        reuse = config.reuse_port and address.kind == "tcp"
+        sockets.append(bind(address, config.backlog, config.umask, reuse_port=reuse, listen=not reuse))
+    return sockets
+
+
+def drop_privileges(config: Config, sockets: list[socket.socket]) -> None:
+    """``--user`` / ``--group``: switch after binding (unix sockets change owner too)."""
+    if config.user is None and config.group is None:
+        return
+    try:
+        uid = _resolve(config.user, pwd.getpwnam, "pw_uid") if config.user else os.getuid()
+        if config.group:
+            gid = _resolve(config.group, grp.getgrnam, "gr_gid")
+        elif config.user:
+            gid = pwd.getpwuid(uid).pw_gid
         else:
-            error_log.error("%s", exc)
-        return ExitCode.APP_LOAD
+            gid = os.getgid()
+    except KeyError as exc:
+        raise ConfigError(f"unknown user or group: {exc.args[0]}") from None
+    chown_unix_sockets(sockets, uid, gid)
+    try:
+        if gid != os.getgid():
+            os.setgroups([])
+            os.setgid(gid)
+        if uid != os.getuid():
+            os.setuid(uid)
+    except PermissionError as exc:
+        raise ConfigError(f"cannot switch to user {uid} / group {gid}: {exc.strerror}") from None
+    error_log.info("Running as uid %d, gid %d", uid, gid)
 
-    from .worker import Worker
 
-    return Worker(config, app, sockets, errors).run()
+def _resolve(name: str, lookup: Callable[[str], Any], field: str) -> int:
+    if name.isdigit():
+        return int(name)
+    return int(getattr(lookup(name), field))

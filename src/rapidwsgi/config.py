@@ -69,6 +69,12 @@ def _octal(text: str) -> int:
     return int(text, 0)
 
 
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return 0
+    return int(text)
+
+
 def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
@@ -150,6 +156,14 @@ class Config:
         parse=_octal,
         validate=_umask,
     )
+    workers: int = setting(
+        1,
+        help="Worker processes under the master. 0 or 'auto': one per CPU.",
+        section="Worker",
+        flags=("-w", "--workers"),
+        parse=_workers,
+        validate=_non_negative,
+    )
     threads: int = setting(
         1,
         help="Application threads. 1 runs the application inline on the event loop "
@@ -157,11 +171,55 @@ class Config:
         section="Worker",
         validate=_positive,
     )
+    preload: bool = setting(
+        False,
+        help="Import the application once in a zygote process and fork the workers from it "
+        "(copy-on-write memory). On SIGHUP a fresh zygote imports the new code.",
+        section="Worker",
+    )
+    reuse_port: bool = setting(
+        False,
+        help="Give each worker its own SO_REUSEPORT listening socket (TCP only) instead of "
+        "sharing the master's: the kernel balances connections, but a worker that exits "
+        "resets the connections still queued on its socket.",
+        section="Worker",
+    )
+    max_requests: int = setting(
+        0,
+        help="Retire a worker gracefully after this many requests (0: never); its "
+        "replacement is serving before it stops.",
+        section="Worker",
+        metavar="N",
+        validate=_non_negative,
+    )
+    max_requests_jitter: int = setting(
+        0,
+        help="Add a random 0..N to --max-requests per worker, so workers do not retire together.",
+        section="Worker",
+        metavar="N",
+        validate=_non_negative,
+    )
+    reload: bool = setting(
+        False,
+        help="Development: restart the workers (rolling) when a Python file under the working "
+        "directory, --chdir or --pythonpath changes (uses watchfiles when installed).",
+        section="Worker",
+    )
     loop: str = setting(
         "auto",
         help="Event loop implementation: uvloop, asyncio, or auto (uvloop when installed).",
         section="Worker",
         choices=("auto", "uvloop", "asyncio"),
+    )
+    timeout: float = setting(
+        30.0,
+        help="Watchdog: a worker whose event loop stops for this long (a blocked inline app, "
+        "a deadlock) gets SIGABRT (its traceback is logged), then SIGKILL, and is replaced. "
+        "0 disables it.",
+        section="Timeouts",
+        flags=("-t", "--timeout"),
+        metavar="SECONDS",
+        validate=_non_negative,
     )
     keep_alive: float = setting(
         5.0,
@@ -226,6 +284,22 @@ class Config:
         section="Limits",
         metavar="BYTES",
         validate=_non_negative,
+    )
+    pid: str | None = setting(
+        None,
+        help="Write the master's PID to FILE (removed at exit).",
+        section="Process",
+        metavar="FILE",
+    )
+    user: str | None = setting(
+        None,
+        help="Switch to this user (name or uid) after binding the sockets.",
+        section="Process",
+    )
+    group: str | None = setting(
+        None,
+        help="Switch to this group (name or gid) after binding the sockets.",
+        section="Process",
     )
     access_logfile: str | None = setting(
         None,

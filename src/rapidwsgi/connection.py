@@ -66,6 +66,8 @@ SPOOL_MEMORY: Final = 1 << 20
 MAX_PIPELINE_BUFFER: Final = 256 * 1024
 #: Seconds a closing connection keeps reading (and discarding) after half-closing.
 LINGER: Final = 2.0
+#: On graceful shutdown, seconds an idle keep-alive connection may still send a request.
+SHUTDOWN_IDLE_GRACE: Final = 0.5
 #: Body chunks an inline exchange may produce before yielding to other connections.
 PUMP_BUDGET: Final = 32
 #: Bytes one sendfile step may send before yielding to other connections.
@@ -135,7 +137,9 @@ class ServerContext:
     def tick(self) -> None:
         """Refresh the clock and enforce timeouts; called once per second."""
         self.clock.update()
-        now = self.clock.now
+        self.check_timeouts(self.clock.now)
+
+    def check_timeouts(self, now: float) -> None:
         for conn in list(self.connections):
             conn.check_timeout(now)
         if self.access_log is not None:
@@ -692,7 +696,9 @@ class HTTPConnection:
             return
         self._deadline = INF
         phase = self._phase
-        if phase in (_IDLE, _LINGER):
+        if phase == _IDLE:
+            self._close_after_response()  # lingering: a request racing the close is not reset
+        elif phase == _LINGER:
             self._close_transport()
         elif phase == _HEAD:
             self._reply_error(RequestTimeout("request head not received in time"))
@@ -703,15 +709,16 @@ class HTTPConnection:
                 self._reply_error(RequestTimeout("request body not received in time"))
 
     def begin_shutdown(self) -> None:
-        """Graceful shutdown: close now if idle, else after the current response."""
+        """Graceful shutdown: close after the current response, or soon if idle.
+
+        An idle keep-alive connection is not closed at once: a client may be sending
+        its next request right now, and closing under it would fail that request.
+        Within SHUTDOWN_IDLE_GRACE it is answered (with ``Connection: close``);
+        after that, the connection is closed (half-closed first, never reset).
+        """
         self._closing = True
-        if (
-            self._phase == _IDLE
-            and self._request is None
-            and not self.h1.has_pending
-            and not self.h1.receiving_head
-        ):
-            self._close_after_response()
+        if self._phase == _IDLE:
+            self._deadline = min(self._deadline, monotonic() + SHUTDOWN_IDLE_GRACE)
 
     # ------------------------------------------------------------ sendfile
 

@@ -7,7 +7,18 @@ a status from a message. Errors the application provokes are :class:`AppError`.
 
 from __future__ import annotations
 
+import enum
 from typing import Final
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit statuses of the master and its workers."""
+
+    OK = 0
+    USAGE = 2  # bad command line or setting (argparse's convention)
+    WORKER_BOOT = 3  # workers keep dying before they serve (gunicorn's code)
+    APP_LOAD = 4  # the application could not be imported (gunicorn's code)
+    BIND = 5  # a listening socket could not be created
 
 
 class RapidWSGIError(Exception):

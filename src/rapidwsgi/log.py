@@ -26,19 +26,58 @@ LOG_DATEFMT: Final = "%Y-%m-%d %H:%M:%S %z"
 error_log: Final = logging.getLogger(ERROR_LOGGER)
 
 
-def setup_error_log(level: str, target: str = "-") -> TextIO:
-    """Configure the error logger; return the stream used (for ``wsgi.errors``)."""
-    stream: TextIO
+class ErrorStream:
+    """``wsgi.errors``: a text stream that follows the error log across reopenings."""
+
+    def __init__(self) -> None:
+        self.stream: TextIO = sys.stderr
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def writelines(self, lines: list[str]) -> None:
+        self.stream.writelines(lines)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+errors_stream: Final = ErrorStream()
+_error_target = "-"
+
+
+def _open_error_stream(target: str) -> TextIO:
     if target in ("-", ""):
-        stream = sys.stderr
-    else:
-        stream = open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        return sys.stderr
+    return open(target, "a", buffering=1, encoding="utf-8")
+
+
+def setup_error_log(level: str, target: str = "-") -> ErrorStream:
+    """Configure the error logger; return the stream for ``wsgi.errors``."""
+    global _error_target
+    _error_target = target
+    stream = _open_error_stream(target)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
     error_log.handlers[:] = [handler]
     error_log.setLevel(level.upper())
     error_log.propagate = False
-    return stream
+    errors_stream.stream = stream
+    return errors_stream
+
+
+def reopen_error_log() -> None:
+    """Reopen the error log file (log rotation, SIGUSR1); stderr is left alone."""
+    if _error_target in ("-", ""):
+        return
+    stream = _open_error_stream(_error_target)
+    old = errors_stream.stream
+    for handler in error_log.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+    errors_stream.stream = stream
+    if old is not sys.stderr:
+        old.close()
 
 
 class Clock:

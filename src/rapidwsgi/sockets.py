@@ -81,16 +81,24 @@ def parse_address(text: str) -> Address:
     return Address("tcp", text, host=host or "0.0.0.0", port=port)
 
 
-def bind(address: Address, backlog: int = 2048, umask: int = 0) -> socket.socket:
-    """Create the listening socket for ``address``."""
+def bind(
+    address: Address, backlog: int = 2048, umask: int = 0, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """Create the listening socket for ``address``.
+
+    ``reuse_port`` sets SO_REUSEPORT (TCP only), so that several processes can each bind
+    their own socket to the same address; ``listen=False`` only binds (the master of a
+    ``--reuse-port`` server holds the port that way without receiving connections).
+    """
     try:
         if address.kind == "unix":
             sock = _bind_unix(address.path, umask)
         elif address.kind == "fd":
             sock = _adopt_fd(address.fd)
         else:
-            sock = _bind_tcp(address.host, address.port)
-        sock.listen(backlog)
+            sock = _bind_tcp(address.host, address.port, reuse_port)
+        if listen:
+            sock.listen(backlog)
     except BindError:
         raise
     except OSError as exc:
@@ -99,7 +107,7 @@ def bind(address: Address, backlog: int = 2048, umask: int = 0) -> socket.socket
     return sock
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
+def _bind_tcp(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -108,6 +116,8 @@ def _bind_tcp(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
     except OSError as exc:
         sock.close()
@@ -172,3 +182,57 @@ def describe(sock: socket.socket) -> str:
         return f"unix:{name if isinstance(name, str) else name.decode()}"
     host, port = name[0], name[1]
     return f"http://{_format(host, port)}"
+
+
+def reuse_port_twin(sock: socket.socket, backlog: int) -> socket.socket:
+    """A new listening socket on the same TCP address as ``sock`` (SO_REUSEPORT)."""
+    host, port = sock.getsockname()[:2]
+    twin = socket.socket(sock.family, socket.SOCK_STREAM)
+    try:
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        twin.bind((host, port))
+        twin.listen(backlog)
+    except OSError as exc:
+        twin.close()
+        raise BindError(
+            f"cannot bind a SO_REUSEPORT socket to {_format(host, port)}: {exc.strerror}"
+        ) from None
+    twin.setblocking(False)
+    return twin
+
+
+SD_LISTEN_FDS_START: Final = 3
+
+
+def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket]:
+    """Listening sockets passed by systemd socket activation (``LISTEN_FDS``/``LISTEN_PID``).
+
+    The variables are removed from the environment so that children do not take the
+    sockets for theirs (sd_listen_fds(3)).
+    """
+    env = os.environ if environ is None else environ
+    pid, count = env.get("LISTEN_PID"), env.get("LISTEN_FDS")
+    if not pid or not count:
+        return []
+    env.pop("LISTEN_PID", None)
+    env.pop("LISTEN_FDS", None)
+    env.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()):
+        return []
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, True)
+        sock = _adopt_fd(fd)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def chown_unix_sockets(sockets: list[socket.socket], uid: int, gid: int) -> None:
+    """Give unix socket files to the user the server runs as (after dropping root)."""
+    for sock in sockets:
+        if sock.family == socket.AF_UNIX:
+            name = sock.getsockname()
+            if isinstance(name, str) and name:
+                os.chown(name, uid, gid)

@@ -18,14 +18,14 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, TextIO, cast
+from typing import Final, cast
 
 from . import __version__
 from .config import Config
 from .connection import HTTPConnection, ServerContext
-from .log import AccessLog, Clock, error_log
+from .log import AccessLog, Clock, error_log, reopen_error_log
 from .protocols.http1 import Limits
-from .sockets import describe
+from .sockets import describe, reuse_port_twin
 from .wsgi import Environ, FileWrapper, WSGIApp
 
 TICK: Final = 1.0
@@ -44,7 +44,7 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def base_environ(config: Config, errors: TextIO) -> Environ:
+def base_environ(config: Config, errors: object) -> Environ:
     """The environ keys that are the same for every request of this process."""
     return {
         "wsgi.version": (1, 0),
@@ -60,6 +60,34 @@ def base_environ(config: Config, errors: TextIO) -> Environ:
     }
 
 
+class Supervision:
+    """How a worker talks to its master (absent when a Worker runs on its own).
+
+    ``notify_fd`` is the write end of this worker's pipe to the master: the worker
+    writes ``READY`` once it serves, ``BEAT`` every ``beat_interval`` seconds from its
+    event loop (so a blocked loop falls silent), and ``RETIRING`` once it has served
+    ``max_requests`` requests. ``master_pid`` lets the worker notice an orphaning.
+    """
+
+    READY: Final = b"R"
+    BEAT: Final = b"."
+    RETIRING: Final = b"Q"
+
+    def __init__(self, notify_fd: int, master_pid: int, beat_interval: float, max_requests: int) -> None:
+        self.notify_fd = notify_fd
+        self.master_pid = master_pid
+        self.beat_interval = beat_interval
+        self.max_requests = max_requests
+
+    def send(self, message: bytes) -> None:
+        try:
+            os.write(self.notify_fd, message)
+        except (BlockingIOError, InterruptedError):
+            pass  # a full pipe already says "alive"
+        except OSError:
+            pass  # the master is gone; the orphan check stops this worker
+
+
 class Worker:
     """Serves ``app`` on ``sockets`` in this process (see the module docstring)."""
 
@@ -68,16 +96,22 @@ class Worker:
         config: Config,
         app: WSGIApp,
         sockets: list[socket.socket],
-        errors: TextIO | None = None,
+        errors: object = None,
+        supervision: Supervision | None = None,
     ) -> None:
         self.config = config
         self.app = app
         self.sockets = sockets
         self.errors = errors if errors is not None else sys.stderr
+        self.supervision = supervision
         self._signal: int | None = None
         self._stuck_threads = 0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ctx: ServerContext | None = None
+        self._served = 0
+        self._retiring = False
+        self._timers: list[asyncio.TimerHandle] = []
 
     def run(self) -> int:
         loop = new_event_loop(self.config.loop)
@@ -103,12 +137,40 @@ class Worker:
         if self._stop is not None:
             self._stop.set()
 
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        stops = [signal.SIGTERM, signal.SIGQUIT]
+        if self.supervision is None:
+            stops.append(signal.SIGINT)
+        else:
+            # A terminal's Ctrl-C reaches the whole process group: the master decides.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        for signum in stops:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+
+    def _reopen_logs(self) -> None:
+        ctx = self._ctx
+        if ctx is not None and ctx.access_log is not None:
+            ctx.access_log.reopen()
+        reopen_error_log()
+
+    def _listening_sockets(self) -> list[socket.socket]:
+        if not self.config.reuse_port:
+            return self.sockets
+        # Each worker binds its own SO_REUSEPORT socket to the master's TCP addresses.
+        return [
+            reuse_port_twin(sock, self.config.backlog) if sock.family != socket.AF_UNIX else sock
+            for sock in self.sockets
+        ]
+
     async def _serve(self) -> int:
         config = self.config
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
+        self._install_signals(loop)
         clock = Clock(server="rapidwsgi" if config.server_header else None, date=config.date_header)
         access_log = (
             AccessLog(config.access_logfile, config.access_logformat, clock)
@@ -137,26 +199,31 @@ class Worker:
             body_timeout=config.body_timeout,
             send_timeout=config.send_timeout,
             access_log=access_log,
+            on_request_done=self._request_done if self.supervision is not None else None,
         )
+        self._ctx = ctx
         # HTTPConnection implements the Protocol API without subclassing asyncio.Protocol.
         factory = cast(Callable[[], asyncio.BaseProtocol], functools.partial(HTTPConnection, ctx))
         servers = []
-        for sock in self.sockets:
+        for sock in self._listening_sockets():
             servers.append(await loop.create_server(factory, sock=sock, backlog=config.backlog))
-            error_log.info("Listening at: %s (%d)", describe(sock), os.getpid())
+            if self.supervision is None:
+                error_log.info("Listening at: %s (%d)", describe(sock), os.getpid())
         error_log.info(
             "Serving %s with %s, %s",
             config.app,
             type(loop).__module__.split(".")[0],
             f"{config.threads} application threads" if config.threads > 1 else "the application inline",
         )
-        ticker = loop.call_later(TICK, self._tick, ctx)
-        self._ticker = ticker
+        self._every(TICK, ctx.tick)
+        if self.supervision is not None:
+            self.supervision.send(Supervision.READY)
+            self._every(self.supervision.beat_interval, self._beat)
         await self._stop.wait()
 
         graceful = self._signal != signal.SIGQUIT
         error_log.info(
-            "Shutting down (%s)%s",
+            "Worker shutting down (%s)%s",
             signal.Signals(self._signal).name if self._signal else "stop",
             "" if not graceful else f", waiting up to {config.graceful_timeout:g}s for requests",
         )
@@ -167,21 +234,53 @@ class Worker:
             deadline = time.monotonic() + config.graceful_timeout
             while ctx.connections and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+                ctx.check_timeouts(time.monotonic())
         for conn in list(ctx.connections):
             conn.abort()
-        self._ticker.cancel()
+        for timer in self._timers:
+            timer.cancel()
         if access_log is not None:
             access_log.flush()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
             self._stuck_threads = ctx.threads_busy
-        error_log.info("Stopped")
+        error_log.info("Worker stopped")
         return 0
 
-    def _tick(self, ctx: ServerContext) -> None:
-        ctx.tick()
-        assert self._loop is not None
-        self._ticker = self._loop.call_later(TICK, self._tick, ctx)
+    def _every(self, interval: float, action: Callable[[], object]) -> None:
+        """Run ``action`` every ``interval`` seconds on the loop until the worker stops."""
+        loop = self._loop
+        assert loop is not None
+        slot = len(self._timers)
+
+        def fire() -> None:
+            action()
+            self._timers[slot] = loop.call_later(interval, fire)
+
+        self._timers.append(loop.call_later(interval, fire))
+
+    def _beat(self) -> None:
+        supervision = self.supervision
+        assert supervision is not None
+        if os.getppid() != supervision.master_pid:
+            error_log.warning("master %d is gone; stopping", supervision.master_pid)
+            self._on_signal(signal.SIGTERM)
+            return
+        supervision.send(Supervision.BEAT)
+
+    def _request_done(self) -> None:
+        self._served += 1
+        supervision = self.supervision
+        if (
+            supervision is not None
+            and supervision.max_requests
+            and not self._retiring
+            and self._served >= supervision.max_requests
+        ):
+            # Keep serving: the master retires this worker once a replacement serves.
+            self._retiring = True
+            error_log.info("Served %d requests; asking to be retired", self._served)
+            supervision.send(Supervision.RETIRING)
 
     def stop(self) -> None:
         """Ask the worker to stop gracefully (thread-safe)."""

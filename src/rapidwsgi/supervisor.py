@@ -1,0 +1,768 @@
+"""The master process: forks workers, keeps them alive, reloads and stops them.
+
+Rules:
+
+1. The master binds the listening sockets and forks workers that inherit them. It never
+   accepts, reads or writes a client connection.
+2. Signal handlers only record the signal (and wake the loop through the wakeup pipe);
+   the loop dispatches ``handle_<name>``.
+3. Each worker has a pipe to the master. It writes ``R`` once it serves, ``.`` every
+   beat from its event loop, ``Q`` when it has served ``--max-requests`` requests. A
+   ready worker silent for ``--timeout`` gets SIGABRT (faulthandler logs its traceback),
+   then SIGKILL after ``KILL_GRACE``, and is replaced.
+4. Every exit is reaped and logged with its reason. An unexpected exit is replaced at
+   once; exits that repeat within ``CRASH_WINDOW`` back off (a crash loop, reported).
+5. At boot, a worker (or the preload zygote) that cannot import the application stops
+   the master with ``ExitCode.APP_LOAD``; workers that keep dying before they serve
+   stop it with ``ExitCode.WORKER_BOOT``. During a reload the same failure aborts the
+   reload and the running workers keep serving.
+6. A reload (SIGHUP, ``--reload``) starts a new *generation*: all its workers must be
+   serving before any worker of the old generation is told to stop (SIGTERM: it
+   finishes what it has and closes its connections cleanly). With ``--preload`` the
+   application is imported in a *zygote*, a fork of the master that never imported
+   it, so a new zygote imports the new code; workers forked from a zygote are re-parented
+   to the master (it is their child subreaper), which reaps them like the others.
+7. ``--max-requests``: a worker that reports ``Q`` keeps serving until a replacement
+   serves, then it is stopped gracefully.
+8. SIGTERM / SIGINT: graceful stop within ``--graceful-timeout`` (then SIGKILL);
+   SIGQUIT: immediate. SIGTTIN / SIGTTOU: one worker more / fewer. SIGUSR1: reopen logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import faulthandler
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final, NoReturn
+
+from . import __version__
+from .config import Config
+from .errors import AppLoadError, ExitCode
+from .loader import load_app
+from .log import error_log, errors_stream, reopen_error_log
+from .reloader import Reloader
+from .sockets import describe
+from .worker import Supervision, Worker
+from .wsgi import WSGIApp
+
+#: Seconds between SIGABRT (traceback) and SIGKILL for a worker the watchdog stops.
+KILL_GRACE: Final = 2.0
+#: Unexpected worker exits within this many seconds count towards a crash loop ...
+CRASH_WINDOW: Final = 10.0
+#: ... and this many of them trigger a back-off before the next spawn.
+CRASH_LIMIT: Final = 5
+MAX_BACKOFF: Final = 30.0
+#: Workers that never become ready this many times in a row at boot stop the master.
+BOOT_ATTEMPTS: Final = 5
+#: How often the master's loop wakes up when nothing happens.
+POLL_INTERVAL: Final = 0.2
+
+_HANDLED_SIGNALS: Final = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
+_PR_SET_CHILD_SUBREAPER: Final = 36
+
+
+class WorkerProcess:
+    """The master's record of one worker."""
+
+    def __init__(self, pid: int, generation: int, fd: int, now: float) -> None:
+        self.pid = pid
+        self.generation = generation
+        self.fd = fd
+        self.spawned = now
+        self.last_beat = now
+        self.ready_at: float | None = None
+        self.retiring = False
+        self.stop_sent: float | None = None
+        self.abort_sent: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_sent is not None
+
+
+class Zygote:
+    """A preloaded copy of the application that forks workers on request."""
+
+    def __init__(self, pid: int, generation: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.generation = generation
+        self.sock = sock
+        self.ready = False
+        self.pending_spawns = 0
+
+
+class Master:
+    """Supervises the workers (see the module docstring)."""
+
+    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.num_workers = config.workers or os.cpu_count() or 1
+        self.pid = os.getpid()
+        self.workers: dict[int, WorkerProcess] = {}
+        self.zygotes: dict[int, Zygote] = {}
+        self.generation = 1  # the generation that serves
+        self.pending: int | None = None  # a generation being started by a reload
+        self.failed_generations: set[int] = set()
+        self.stopping: str | None = None  # "graceful" or "quick" once asked to stop
+        self.stop_deadline = 0.0
+        self.exit_code = ExitCode.OK
+        self.ever_ready = False
+        self.boot_failures = 0
+        self.crashes: deque[float] = deque()
+        self.backoff = 0.0
+        self.next_spawn = 0.0
+        self._signals: deque[int] = deque()
+        #: Read ends of pipes whose worker a zygote has not reported yet: (generation, fd).
+        self._unclaimed_pipes: list[tuple[int, int]] = []
+        self._unix_paths = [
+            str(sock.getsockname())
+            for sock in sockets
+            if sock.family == socket.AF_UNIX and sock.getsockname()
+        ]
+        self._wake_r, self._wake_w = os.pipe()
+        self.reloader = Reloader(config) if config.reload else None
+        self._next_reload_check = 0.0
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in _HANDLED_SIGNALS:
+            signal.signal(signum, self._record_signal)
+        if self.config.preload:
+            self._become_subreaper()
+        self._write_pidfile()
+        error_log.info("Starting rapidwsgi %s (master %d)", __version__, self.pid)
+        for sock in self.sockets:
+            error_log.info("Listening at: %s (%d)", describe(sock), self.pid)
+        error_log.info(
+            "Using %d worker%s%s",
+            self.num_workers,
+            "s" if self.num_workers != 1 else "",
+            ", preloaded" if self.config.preload else "",
+        )
+        if self.config.preload:
+            self._start_zygote(self.generation)
+        try:
+            while not (self.stopping and not self.workers and not self.zygotes):
+                self._wait()
+                self._dispatch_signals()
+                self._reap()
+                self._check_reloader()
+                self._watchdog()
+                if not self.stopping:
+                    self._manage()
+                elif time.monotonic() > self.stop_deadline:
+                    self._kill_all()
+        finally:
+            self._cleanup()
+        error_log.info("Master %d exiting (%d)", self.pid, int(self.exit_code))
+        return int(self.exit_code)
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        # Only record: the loop acts (rule 2).
+        self._signals.append(signum)
+
+    def _wait(self) -> None:
+        fds = [self._wake_r] + [w.fd for w in self.workers.values()]
+        fds += [z.sock.fileno() for z in self.zygotes.values()]
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        try:
+            events = poller.poll(POLL_INTERVAL * 1000)
+        except InterruptedError:
+            return
+        now = time.monotonic()
+        by_fd = {w.fd: w for w in self.workers.values()}
+        by_sock = {z.sock.fileno(): z for z in self.zygotes.values()}
+        for fd, _ in events:
+            if fd == self._wake_r:
+                _drain(fd)
+            elif fd in by_fd:
+                self._read_worker(by_fd[fd], now)
+            elif fd in by_sock:
+                self._read_zygote(by_sock[fd])
+
+    def _dispatch_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            name = signal.Signals(signum).name.lower()
+            handler: Callable[[], None] | None = getattr(self, f"handle_{name[3:]}", None)
+            if handler is not None:
+                handler()
+
+    # ------------------------------------------------------------------ signal handlers
+
+    def handle_chld(self) -> None:
+        pass  # reaping happens in every turn of the loop
+
+    def handle_hup(self) -> None:
+        error_log.info("Hang-up: reloading")
+        self.reload()
+
+    def handle_term(self) -> None:
+        self.stop(graceful=True, reason="SIGTERM")
+
+    def handle_int(self) -> None:
+        self.stop(graceful=True, reason="SIGINT")
+
+    def handle_quit(self) -> None:
+        self.stop(graceful=False, reason="SIGQUIT")
+
+    def handle_ttin(self) -> None:
+        self.num_workers += 1
+        error_log.info("SIGTTIN: %d workers", self.num_workers)
+
+    def handle_ttou(self) -> None:
+        if self.num_workers > 1:
+            self.num_workers -= 1
+        error_log.info("SIGTTOU: %d workers", self.num_workers)
+
+    def handle_usr1(self) -> None:
+        reopen_error_log()
+        for worker in self.workers.values():
+            _kill(worker.pid, signal.SIGUSR1)
+
+    # ------------------------------------------------------------------ actions
+
+    def reload(self) -> None:
+        """Start a new generation; the old one stops once the new one serves (rule 6)."""
+        if self.stopping:
+            return
+        if self.pending is not None:
+            self._abort_generation(self.pending, "superseded by a newer reload")
+        self.pending = max(self.generation, self.pending or 0, *self.failed_generations, 0) + 1
+        error_log.info("Starting worker generation %d", self.pending)
+        if self.config.preload:
+            self._start_zygote(self.pending)
+
+    def stop(self, graceful: bool, reason: str) -> None:
+        if self.stopping == "quick":
+            return
+        if self.stopping == "graceful" and graceful:
+            graceful = False  # asked twice (a second Ctrl-C): stop now
+            reason += " again"
+        self.stopping = "graceful" if graceful else "quick"
+        grace = self.config.graceful_timeout if graceful else KILL_GRACE
+        self.stop_deadline = time.monotonic() + grace + 1.0
+        error_log.info("Shutting down (%s)%s", reason, f", up to {grace:g}s for requests" if graceful else "")
+        signum = signal.SIGTERM if graceful else signal.SIGQUIT
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if not worker.stopping or not graceful:
+                worker.stop_sent = now
+                _kill(worker.pid, signum)
+        for zygote in list(self.zygotes.values()):
+            self._stop_zygote(zygote)
+        for sock in self.sockets:
+            sock.close()  # the workers hold their own copies until they stop
+
+    def _kill_all(self) -> None:
+        for worker in self.workers.values():
+            error_log.warning("Worker %d did not stop in time: SIGKILL", worker.pid)
+            _kill(worker.pid, signal.SIGKILL)
+        for zygote in self.zygotes.values():
+            _kill(zygote.pid, signal.SIGKILL)
+        self.stop_deadline = time.monotonic() + 5.0
+
+    def _manage(self) -> None:
+        """Spawn, retire and stop workers until the target state holds."""
+        now = time.monotonic()
+        if self.pending is not None:
+            self._advance_reload(now)
+        current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
+        active = [w for w in current if not w.retiring]
+        wanted = self.num_workers - len(active) - self._spawns_in_flight(self.generation)
+        if self.pending is None and wanted > 0:
+            for _ in range(wanted):
+                if not self._spawn(self.generation, now):
+                    break
+        # Retire workers that asked for it (max-requests) once enough others serve.
+        ready = [w for w in active if w.ready]
+        for worker in current:
+            if worker.retiring and len(ready) >= self.num_workers:
+                self._stop_worker(worker, "served its --max-requests")
+        # SIGTTOU: stop the oldest extra workers.
+        if len(active) > self.num_workers:
+            for worker in sorted(active, key=lambda w: w.spawned)[: len(active) - self.num_workers]:
+                self._stop_worker(worker, "fewer workers wanted")
+
+    def _advance_reload(self, now: float) -> None:
+        generation = self.pending
+        assert generation is not None
+        new = [w for w in self.workers.values() if w.generation == generation and not w.stopping]
+        missing = self.num_workers - len(new) - self._spawns_in_flight(generation)
+        if missing > 0 or len(new) < self.num_workers:
+            for _ in range(max(missing, 0)):
+                if not self._spawn(generation, now):
+                    break
+            return
+        if sum(1 for w in new if w.ready) < self.num_workers:
+            return
+        # Every new worker serves: the old generation stops gracefully (rule 6).
+        old_generation = self.generation
+        self.generation = generation
+        self.pending = None
+        error_log.info("Worker generation %d serving; stopping generation %d", generation, old_generation)
+        for worker in list(self.workers.values()):
+            if worker.generation < generation and not worker.stopping:
+                self._stop_worker(worker, "reloaded")
+        for zygote in list(self.zygotes.values()):
+            if zygote.generation < generation:
+                self._stop_zygote(zygote)
+
+    def _abort_generation(self, generation: int, reason: str) -> None:
+        error_log.error(
+            "Reload to generation %d aborted: %s; the running workers keep serving", generation, reason
+        )
+        self.failed_generations.add(generation)
+        if self.pending == generation:
+            self.pending = None
+        for worker in list(self.workers.values()):
+            if worker.generation == generation and not worker.stopping:
+                self._stop_worker(worker, "reload aborted")
+        for zygote in list(self.zygotes.values()):
+            if zygote.generation == generation:
+                self._stop_zygote(zygote)
+
+    def _spawns_in_flight(self, generation: int) -> int:
+        """Workers a zygote was asked for but has not reported yet."""
+        return sum(z.pending_spawns for z in self.zygotes.values() if z.generation == generation)
+
+    def _stop_worker(self, worker: WorkerProcess, why: str) -> None:
+        error_log.info("Stopping worker %d (%s)", worker.pid, why)
+        worker.stop_sent = time.monotonic()
+        _kill(worker.pid, signal.SIGTERM)
+
+    # ------------------------------------------------------------------ spawning
+
+    def _spawn(self, generation: int, now: float) -> bool:
+        """Start one worker of ``generation``; False when it has to wait."""
+        if now < self.next_spawn:
+            return False
+        max_requests = self.config.max_requests
+        if max_requests and self.config.max_requests_jitter:
+            max_requests += random.randint(0, self.config.max_requests_jitter)
+        if self.config.preload:
+            zygote = next((z for z in self.zygotes.values() if z.generation == generation), None)
+            if zygote is None or not zygote.ready:
+                return False  # the zygote is still importing the application
+            read_fd, write_fd = _pipe()
+            try:
+                socket.send_fds(zygote.sock, [b"spawn %d" % max_requests], [write_fd])
+            except OSError as exc:
+                error_log.error("Zygote %d unreachable: %s", zygote.pid, exc)
+                os.close(read_fd)
+                return False
+            finally:
+                os.close(write_fd)
+            zygote.pending_spawns += 1
+            self._unclaimed_pipes.append((generation, read_fd))
+            return True
+        read_fd, write_fd = _pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                os.close(read_fd)
+                self._forget_in_child()
+                supervision = Supervision(write_fd, self.pid, self._beat_interval(), max_requests)
+                worker_process(self.config, self.sockets, supervision, None)
+            finally:
+                os._exit(1)
+        os.close(write_fd)
+        self._adopt(pid, generation, read_fd)
+        return True
+
+    def _adopt(self, pid: int, generation: int, read_fd: int) -> None:
+        self.workers[pid] = WorkerProcess(pid, generation, read_fd, time.monotonic())
+        error_log.info("Booting worker %d (generation %d)", pid, generation)
+
+    def _beat_interval(self) -> float:
+        timeout = self.config.timeout
+        return 1.0 if not timeout else max(0.05, min(1.0, timeout / 4))
+
+    def _forget_in_child(self) -> None:
+        """In a freshly forked child: drop what belongs to the master."""
+        signal.set_wakeup_fd(-1)
+        for signum in _HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            _close_quietly(fd)
+        for worker in self.workers.values():
+            _close_quietly(worker.fd)
+        for zygote in self.zygotes.values():
+            zygote.sock.close()
+        for _, fd in self._unclaimed_pipes:
+            _close_quietly(fd)
+
+    # ------------------------------------------------------------------ zygotes
+
+    def _become_subreaper(self) -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+        except (OSError, AttributeError) as exc:
+            error_log.error("--preload needs Linux's child subreaper (%s)", exc)
+            raise SystemExit(ExitCode.USAGE) from None
+
+    def _start_zygote(self, generation: int) -> None:
+        master_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                master_end.close()
+                self._forget_in_child()
+                zygote_process(self.config, self.sockets, zygote_end, self.pid, self._beat_interval())
+            finally:
+                os._exit(1)
+        zygote_end.close()
+        self.zygotes[pid] = Zygote(pid, generation, master_end)
+        error_log.info("Preloading the application in zygote %d (generation %d)", pid, generation)
+
+    def _read_zygote(self, zygote: Zygote) -> None:
+        try:
+            message = zygote.sock.recv(256)
+        except OSError:
+            message = b""
+        if not message:
+            return  # it exited; _reap reports it
+        if message == b"ok":
+            zygote.ready = True
+            error_log.info("Zygote %d imported the application", zygote.pid)
+        elif message.startswith(b"pid "):
+            pid = int(message[4:])
+            zygote.pending_spawns -= 1
+            read_fd = self._claim_pipe(zygote.generation)
+            if read_fd is not None:
+                self._adopt(pid, zygote.generation, read_fd)
+
+    def _claim_pipe(self, generation: int) -> int | None:
+        for i, (gen, fd) in enumerate(self._unclaimed_pipes):
+            if gen == generation:
+                del self._unclaimed_pipes[i]
+                return fd
+        return None
+
+    def _stop_zygote(self, zygote: Zygote) -> None:
+        try:
+            zygote.sock.send(b"exit")
+        except OSError:
+            _kill(zygote.pid, signal.SIGTERM)
+
+    # ------------------------------------------------------------------ workers' news
+
+    def _read_worker(self, worker: WorkerProcess, now: float) -> None:
+        try:
+            data = os.read(worker.fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return  # closed: the worker is exiting; _reap reports it
+        worker.last_beat = now
+        if Supervision.READY in data and worker.ready_at is None:
+            worker.ready_at = now
+            self.ever_ready = True
+            self.boot_failures = 0
+            error_log.info("Worker %d serving", worker.pid)
+        if Supervision.RETIRING in data and not worker.retiring:
+            worker.retiring = True
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            if pid in self.zygotes:
+                self._zygote_exited(self.zygotes.pop(pid), code)
+            elif pid in self.workers:
+                self._worker_exited(self.workers.pop(pid), code)
+
+    def _zygote_exited(self, zygote: Zygote, code: int) -> None:
+        zygote.sock.close()
+        for gen, fd in [p for p in self._unclaimed_pipes if p[0] == zygote.generation]:
+            self._unclaimed_pipes.remove((gen, fd))
+            os.close(fd)
+        if self.stopping or (zygote.generation < self.generation and zygote.ready):
+            return
+        if code == ExitCode.APP_LOAD or not zygote.ready:
+            self._load_failed(zygote.generation, f"zygote {zygote.pid}", code)
+        else:
+            error_log.error("Zygote %d exited (%s); starting a new one", zygote.pid, _describe_exit(code))
+            self._start_zygote(zygote.generation)
+
+    def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
+        os.close(worker.fd)
+        reason = _describe_exit(code)
+        if worker.stopping or self.stopping:
+            error_log.info("Worker %d exited (%s)", worker.pid, reason)
+            return
+        if worker.abort_sent is not None:
+            error_log.error("Worker %d killed by the watchdog (%s)", worker.pid, reason)
+        else:
+            error_log.error("Worker %d died unexpectedly (%s)", worker.pid, reason)
+        if not worker.ready and code == ExitCode.APP_LOAD:
+            self._load_failed(worker.generation, f"worker {worker.pid}", code)
+            return
+        if not worker.ready:
+            self.boot_failures += 1
+            if not self.ever_ready and self.boot_failures >= BOOT_ATTEMPTS:
+                error_log.error("Workers keep failing to boot; giving up")
+                self.exit_code = ExitCode.WORKER_BOOT
+                self.stop(graceful=False, reason="boot failure")
+                return
+        self._note_crash()
+
+    def _load_failed(self, generation: int, who: str, code: int) -> None:
+        if generation == self.pending:
+            self._abort_generation(generation, f"the application failed to load in {who}")
+        elif not self.ever_ready:
+            error_log.error("The application failed to load in %s (%s); exiting", who, _describe_exit(code))
+            self.exit_code = ExitCode.APP_LOAD
+            self.stop(graceful=False, reason="application load failure")
+        else:
+            # The serving generation cannot start workers any more (the code on disk
+            # changed under it): keep trying, slowly.
+            self._note_crash()
+
+    def _note_crash(self) -> None:
+        now = time.monotonic()
+        self.crashes.append(now)
+        while self.crashes and now - self.crashes[0] > CRASH_WINDOW:
+            self.crashes.popleft()
+        if len(self.crashes) >= CRASH_LIMIT:
+            self.backoff = min(MAX_BACKOFF, self.backoff * 2 or 1.0)
+            self.next_spawn = now + self.backoff
+            error_log.error(
+                "Crash loop: %d worker exits in %gs; next spawn in %gs",
+                len(self.crashes),
+                CRASH_WINDOW,
+                self.backoff,
+            )
+        else:
+            self.backoff = 0.0
+
+    # ------------------------------------------------------------------ watchdog
+
+    def _watchdog(self) -> None:
+        now = time.monotonic()
+        timeout = self.config.timeout
+        for worker in list(self.workers.values()):
+            if worker.stopping:
+                limit = self.config.graceful_timeout + 5.0
+                if self.stopping is None and now - (worker.stop_sent or now) > limit:
+                    error_log.warning("Worker %d did not stop in time: SIGKILL", worker.pid)
+                    _kill(worker.pid, signal.SIGKILL)
+                    worker.stop_sent = now  # once per limit
+                continue
+            if not timeout:
+                continue
+            if worker.abort_sent is not None:
+                if now - worker.abort_sent > KILL_GRACE:
+                    _kill(worker.pid, signal.SIGKILL)
+                continue
+            since = now - (worker.last_beat if worker.ready else worker.spawned)
+            if since > timeout:
+                error_log.critical(
+                    "Worker %d silent for %.1fs (timeout %gs): SIGABRT for its traceback, then SIGKILL",
+                    worker.pid,
+                    since,
+                    timeout,
+                )
+                worker.abort_sent = now
+                _kill(worker.pid, signal.SIGABRT)
+
+    def _check_reloader(self) -> None:
+        if self.reloader is None or self.stopping:
+            return
+        now = time.monotonic()
+        if now < self._next_reload_check:
+            return
+        self._next_reload_check = now + 1.0
+        changed = self.reloader.changes()
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            error_log.info("Changed: %s; reloading", shown)
+            self.reload()
+
+    # ------------------------------------------------------------------ files
+
+    def _write_pidfile(self) -> None:
+        if self.config.pid:
+            with open(self.config.pid, "w") as fp:
+                fp.write(f"{self.pid}\n")
+
+    def _cleanup(self) -> None:
+        if self.config.pid:
+            try:
+                with open(self.config.pid) as fp:
+                    if fp.read().strip() == str(self.pid):
+                        os.unlink(self.config.pid)
+            except OSError:
+                pass
+        for sock in self.sockets:
+            sock.close()
+        for path in self._unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if self.reloader is not None:
+            self.reloader.close()
+
+
+# ---------------------------------------------------------------------- children
+
+
+def worker_process(
+    config: Config, sockets: list[socket.socket], supervision: Supervision, app: WSGIApp | None
+) -> NoReturn:
+    """The body of a worker process (after fork): load the app if needed, serve, exit."""
+    faulthandler.enable(all_threads=True)  # SIGABRT from the watchdog prints tracebacks
+    random.seed()
+    if app is None:
+        try:
+            app = load_app(config.app or "")
+        except AppLoadError as exc:
+            error_log.error("%s%s", exc, f"\n{exc.detail.rstrip()}" if exc.detail else "")
+            _flush_and_exit(ExitCode.APP_LOAD)
+    try:
+        status = Worker(config, app, sockets, errors_stream, supervision).run()
+    except BaseException:
+        error_log.exception("Worker crashed")
+        _flush_and_exit(1)
+    _flush_and_exit(status)
+
+
+def zygote_process(
+    config: Config, sockets: list[socket.socket], sock: socket.socket, master_pid: int, beat: float
+) -> NoReturn:
+    """Import the application once, then fork workers on the master's request.
+
+    Each worker is forked through a short-lived intermediate process, so that it is
+    orphaned at once and re-parented to the master (the child subreaper), which reaps
+    it; the intermediate reports the worker's PID.
+    """
+    faulthandler.enable(all_threads=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        app = load_app(config.app or "")
+    except AppLoadError as exc:
+        error_log.error("%s%s", exc, f"\n{exc.detail.rstrip()}" if exc.detail else "")
+        _flush_and_exit(ExitCode.APP_LOAD)
+    sock.send(b"ok")
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 256, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            _flush_and_exit(0)
+        if not message or message == b"exit":
+            _flush_and_exit(0)
+        if not message.startswith(b"spawn ") or not fds:
+            continue
+        max_requests = int(message[6:])
+        middle = os.fork()
+        if middle == 0:
+            worker = os.fork()
+            if worker == 0:
+                try:
+                    sock.close()
+                    worker_process(config, sockets, Supervision(fds[0], master_pid, beat, max_requests), app)
+                finally:
+                    os._exit(1)
+            sock.send(b"pid %d" % worker)
+            os._exit(0)
+        os.close(fds[0])
+        while True:
+            try:
+                os.waitpid(middle, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    return read_fd, write_fd
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    try:
+        return f"exit code {code} ({ExitCode(code).name})"
+    except ValueError:
+        return f"exit code {code}"
