@@ -326,6 +326,23 @@ def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
         os.unlink(name)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](spy, 8192)
+    # -- Routes used by tests/test_supervisor.py (master/worker processes).
+    if path == "/pid":
+        # Which worker process answered (plain text, cheap enough for load loops).
+        body = str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/stuck":
+        # Blocks the calling thread (the event loop, when inline) for up to ``seconds``;
+        # the function's name is what the watchdog's traceback should show.
+        def stuck_in_application_code(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        stuck_in_application_code(float(_q(environ, "seconds", "60")))
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
+        return [b"unstuck"]
     return _json(start_response, {"path": path}, "404 Not Found")
 
 

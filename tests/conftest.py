@@ -8,6 +8,7 @@ the pure-Python sources in ``src/`` instead; ``make test`` does both.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,12 @@ if SOURCE_MODE:
     sys.path.insert(0, str(ROOT / "src"))
 _SERVING = re.compile(r"Worker \d+ serving")
 _LISTENING = re.compile(r"Listening at: (http://\[?([^\]\s]+?)\]?:(\d+)|unix:(\S+)) \(")
+
+
+def _child_setup(env: dict[str, str], hook: Callable[[], None]) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    hook()
 
 
 class ServerProcess:
@@ -41,6 +48,8 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         wait: bool = True,
         listeners: int = 1,
+        pass_fds: tuple[int, ...] = (),
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         cmd = [sys.executable, "-m", "rapidwsgi"]
         if bind is not None:
@@ -50,13 +59,18 @@ class ServerProcess:
         paths = [str(TESTS), str(ROOT / "src") if SOURCE_MODE else "", full_env.get("PYTHONPATH", "")]
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.cmd = cmd
+        # A preexec_fn may set variables that depend on the child (systemd's LISTEN_PID):
+        # the environment is then installed in the child, just before the hook runs.
+        child_setup = None if preexec_fn is None else functools.partial(_child_setup, full_env, preexec_fn)
         self.proc = subprocess.Popen(
             cmd,
             cwd=cwd,
-            env=full_env,
+            env=full_env if child_setup is None else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            pass_fds=pass_fds,
+            preexec_fn=child_setup,  # noqa: PLW1509 - only the systemd tests pass one
         )
         self._stderr: list[str] = []
         self._stdout: list[str] = []
