@@ -26,6 +26,7 @@ RANKS = {
     "rapidwsgi.events": 1,
     "rapidwsgi.protocols": 2,
     "rapidwsgi.wsgi": 3,
+    "rapidwsgi.forwarded": 3,
     "rapidwsgi.log": 3,
     "rapidwsgi.bridge": 4,
     "rapidwsgi.connection": 5,

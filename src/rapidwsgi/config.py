@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from . import __version__
 from .errors import ConfigError
+from .forwarded import validate_spec
 
 ENV_PREFIX: Final = "RAPIDWSGI_"
 _MISSING: Final[Any] = dataclasses.MISSING
@@ -67,6 +68,18 @@ def _octal(text: str) -> int:
     if text.startswith("0") and text[:2].lower() not in ("0o", "0x"):
         return int(text, 8)
     return int(text, 0)
+
+
+PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _protocols(value: list[str]) -> str | None:
+    bad = [p for p in value if p not in PROTOCOLS]
+    return f"unknown protocol {bad[0]!r} (expected one of {', '.join(PROTOCOLS)})" if bad else None
 
 
 def _workers(text: str) -> int:
@@ -142,6 +155,30 @@ class Config:
         metavar="ADDRESS",
         default_factory=lambda: ["127.0.0.1:8000"],
         validate=_bind_list,
+    )
+    protocol: list[str] = setting(
+        help="Wire protocol of the listening sockets: http, uwsgi (nginx uwsgi_pass) or fastcgi "
+        "(nginx fastcgi_pass). Give it once for every --bind, or once per --bind in the same order.",
+        section="Server socket",
+        metavar="PROTOCOL",
+        default_factory=lambda: ["http"],
+        validate=_protocols,
+    )
+    forwarded_allow_ips: list[str] = setting(
+        help="Peers trusted to say who the client is: X-Forwarded-For/-Proto/-Host and RFC 7239 "
+        "Forwarded from them set REMOTE_ADDR, wsgi.url_scheme and HTTP_HOST (from others they stay "
+        "plain headers). Addresses, CIDR ranges, 'unix' (unix-socket peers) or '*'. Comma-separated.",
+        section="Server socket",
+        metavar="ADDRESSES",
+        parse=_comma_list,
+        default_factory=lambda: ["127.0.0.1", "::1", "unix"],
+        validate=validate_spec,
+    )
+    proxy_protocol: bool = setting(
+        False,
+        help="Accept a HAProxy PROXY protocol header (v1 or v2) at the start of a connection from "
+        "a --forwarded-allow-ips peer (it gives the client address); refuse it from other peers.",
+        section="Server socket",
     )
     backlog: int = setting(
         2048,
@@ -338,6 +375,10 @@ class Config:
         section="HTTP",
     )
 
+    def protocol_for(self, index: int) -> str:
+        """The ``--protocol`` of the ``index``-th listening socket."""
+        return self.protocol[index] if len(self.protocol) > 1 else self.protocol[0]
+
     # ------------------------------------------------------------------ loading
 
     @classmethod
@@ -371,6 +412,11 @@ class Config:
                 problem = check(value)
                 if problem:
                     raise ConfigError(f"{_flag(f)}: {problem} (got {value!r})")
+        if len(config.protocol) not in (1, len(config.bind)):
+            raise ConfigError(
+                f"--protocol: give one for all binds or one per --bind ({len(config.bind)}), "
+                f"not {len(config.protocol)}"
+            )
         return config
 
 
@@ -477,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if base is list:
-            kwargs["action"] = "append"
+            # A comma-list parser yields lists: they extend; plain items append.
+            kwargs["action"] = "extend" if f.metadata["parse"] is not None else "append"
         kwargs["type"] = _parser_for(f, hint)
         kwargs["metavar"] = f.metadata["metavar"] or f.name.upper()
         group.add_argument(*flags, **kwargs)

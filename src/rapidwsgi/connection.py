@@ -45,9 +45,14 @@ from typing import IO, Any, Final, cast
 
 from .bridge import Exchange
 from .errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
-from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Request, Response
+from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Reply, Request, Response
+from .forwarded import TrustedPeers, apply_forwarded
 from .log import AccessLog, AccessRecord, Clock, error_log
-from .protocols.http1 import DONE, ERROR, IDLE, MUST_CLOSE, SEND_BODY, H1Connection, Limits
+from .protocols._state import DONE, ERROR, IDLE, MUST_CLOSE, SEND_BODY
+from .protocols.base import Limits, ServerConnection
+from .protocols.http1 import H1Connection
+from .protocols.proxy import ProxyHeader
+from .protocols.proxy import parse as parse_proxy_header
 from .wsgi import (
     EMPTY_INPUT,
     Environ,
@@ -101,6 +106,8 @@ class ServerContext:
         send_timeout: float = 60.0,
         access_log: AccessLog | None = None,
         on_request_done: Callable[[], None] | None = None,
+        trusted: TrustedPeers | None = None,
+        proxy_protocol: bool = False,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -114,6 +121,8 @@ class ServerContext:
         self.send_timeout = send_timeout
         self.access_log = access_log
         self.on_request_done = on_request_done
+        self.trusted = trusted if trusted is not None else TrustedPeers(("127.0.0.1", "::1", "unix"))
+        self.proxy_protocol = proxy_protocol
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
         #: Exchanges running on application threads (see ``run_threaded``).
@@ -175,9 +184,16 @@ def connection_environ(base: Environ, transport: asyncio.BaseTransport) -> Envir
 class HTTPConnection:
     """asyncio protocol for one HTTP/1.1 client connection (see the module docstring)."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(
+        self, ctx: ServerContext, wire_factory: Callable[[Limits], ServerConnection] = H1Connection
+    ) -> None:
         self.ctx = ctx
-        self.h1 = H1Connection(ctx.limits)
+        self.wire = wire_factory(ctx.limits)
+        self._raw_ok = self.wire.RAW_BODY_OK
+        self._forwarding = False  # apply X-Forwarded-* / Forwarded (a trusted HTTP peer)
+        self._peer_trusted = False
+        self._proxy_pending = False  # waiting for a PROXY protocol header
+        self._proxy_buf = b""
         self.transport: asyncio.Transport | None = None
         self._environ_base: Environ = {}
         self._request: Request | None = None
@@ -219,6 +235,10 @@ class HTTPConnection:
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
         self._environ_base = connection_environ(ctx.base_environ, self.transport)
+        peer = self._environ_base["REMOTE_ADDR"] or "unix"
+        self._peer_trusted = peer in ctx.trusted
+        self._forwarding = self._peer_trusted and not self.wire.GATEWAY
+        self._proxy_pending = ctx.proxy_protocol
         ctx.connections.add(self)
         self._deadline = monotonic() + ctx.header_timeout
         if ctx.shutting_down:
@@ -227,15 +247,51 @@ class HTTPConnection:
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
-        self.h1.receive_data(data)
+        if self._proxy_pending:
+            data = self._proxy_header(data)
+            if not data:
+                return
+        self.wire.receive_data(data)
         if not self._in_process:
             self._process()
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Consume a PROXY protocol header (HAProxy v1/v2); return the bytes after it."""
+        buf = self._proxy_buf + data
+        try:
+            header = parse_proxy_header(buf)
+        except RemoteProtocolError as exc:
+            self._proxy_pending = False
+            self._on_protocol_error(exc)
+            return b""
+        if header is NEED_DATA:
+            self._proxy_buf = buf
+            return b""
+        self._proxy_pending = False
+        self._proxy_buf = b""
+        if header is None:
+            return buf  # no header: an ordinary connection
+        assert isinstance(header, ProxyHeader)
+        if not self._peer_trusted:
+            error_log.warning(
+                "PROXY header from untrusted peer %s refused", self._environ_base["REMOTE_ADDR"] or "unix"
+            )
+            self._close_transport()
+            return b""
+        if header.source is not None:
+            address, port = header.source
+            self._environ_base["REMOTE_ADDR"] = address
+            self._environ_base["REMOTE_PORT"] = str(port)
+            # The forwarding fields of the client itself are not to be trusted.
+            self._peer_trusted = address in self.ctx.trusted
+            self._forwarding = self._peer_trusted and not self.wire.GATEWAY
+        return buf[header.consumed :]
 
     def eof_received(self) -> bool:
         if self._lingering:
             self._close_transport()
             return False
-        self.h1.receive_data(b"")
+        self.wire.receive_data(b"")
         if not self._in_process:
             self._process()
         return True
@@ -274,11 +330,11 @@ class HTTPConnection:
     def _process(self) -> None:
         """Consume protocol events until more bytes are needed or parsing pauses."""
         self._in_process = True
-        h1 = self.h1
+        wire = self.wire
         try:
             while not self._lingering and not self._lost:
                 try:
-                    event = h1.next_event()
+                    event = wire.next_event()
                 except RemoteProtocolError as exc:
                     self._on_protocol_error(exc)
                     return
@@ -291,8 +347,11 @@ class HTTPConnection:
                     return
                 elif isinstance(event, Data):
                     self._on_data(event.data)
+                elif isinstance(event, Reply):
+                    if self.transport is not None:
+                        self.transport.write(event.data)
                 elif event is PAUSED:
-                    if h1.buffered > MAX_PIPELINE_BUFFER:
+                    if wire.buffered > MAX_PIPELINE_BUFFER:
                         self._pause_reading()
                     return
                 else:  # ConnectionClosed
@@ -347,7 +406,7 @@ class HTTPConnection:
 
     def _on_need_data(self) -> None:
         if self._request is None:
-            if self._phase == _IDLE and self.h1.receiving_head:
+            if self._phase == _IDLE and self.wire.receiving_head:
                 # The first bytes of a head: it must now complete within header_timeout.
                 self._phase = _HEAD
                 self._deadline = monotonic() + self.ctx.header_timeout
@@ -369,7 +428,7 @@ class HTTPConnection:
                 spool.write(chunk)
             self._spool = spool
             # We read the body on the application's behalf, so the client may send it.
-            cont = self.h1.send_continue()
+            cont = self.wire.send_continue()
             if cont and self.transport is not None:
                 self.transport.write(cont)
 
@@ -380,7 +439,7 @@ class HTTPConnection:
         """The application read (or drained) ``wsgi.input``: 100 Continue, resume reading."""
         if self._lost or self._lingering or self.transport is None:
             return
-        cont = self.h1.send_continue()
+        cont = self.wire.send_continue()
         if cont:
             self.transport.write(cont)
         stream = self._stream
@@ -392,9 +451,11 @@ class HTTPConnection:
         assert request is not None
         ctx = self.ctx
         environ = build_environ(self._environ_base, request, wsgi_input)
+        if self._forwarding:
+            apply_forwarded(environ, ctx.trusted)
         self._environ = environ
         self._dispatched = True
-        if self.h1.their_state is not SEND_BODY:
+        if self.wire.their_state is not SEND_BODY:
             # The body (if any) is complete: the application owns the time now. While
             # a threaded app still reads the body, the body timeout stays armed.
             self._phase = _APP
@@ -405,13 +466,23 @@ class HTTPConnection:
         head_request = request.method == b"HEAD"
         if ctx.executor is None:
             self._budget = PUMP_BUDGET
-            exchange = Exchange(ctx.app, environ, self, ctx.clock, head_request=head_request)
+            exchange = Exchange(
+                ctx.app, environ, self, ctx.clock, head_request=head_request, use_sendfile=self._raw_ok
+            )
             self._exchange = exchange
             self._run_inline(exchange, exchange.start)
         else:
             sink = ThreadedSink(self)
             self._tsink = sink
-            exchange = Exchange(ctx.app, environ, sink, ctx.clock, head_request=head_request, blocking=True)
+            exchange = Exchange(
+                ctx.app,
+                environ,
+                sink,
+                ctx.clock,
+                head_request=head_request,
+                blocking=True,
+                use_sendfile=self._raw_ok,
+            )
             ctx.run_threaded(exchange)
 
     def _run_inline(self, exchange: Exchange, step: Callable[[], object]) -> None:
@@ -455,15 +526,15 @@ class HTTPConnection:
 
     def send_head(self, response: Response, body: bytes, end: bool) -> None:
         transport = self.transport
-        if transport is None or self._lost or self.h1.our_state is not IDLE:
+        if transport is None or self._lost or self.wire.our_state is not IDLE:
             return
         if self._closing or self.ctx.shutting_down:
             response.close = True
-        h1 = self.h1
+        wire = self.wire
         self._response = response
-        out = h1.send_response(response)
+        out = wire.send_response(response)
         if body:
-            framed = h1.send_data(body)
+            framed = wire.send_data(body)
             if framed:
                 self._sent += len(body)
             if len(framed) > 16384:
@@ -475,7 +546,7 @@ class HTTPConnection:
             transport.write(out)
             return
         try:
-            out += h1.send_end()
+            out += wire.send_end()
         except LocalProtocolError as exc:
             transport.write(out)
             self._abort_response(str(exc))
@@ -484,15 +555,15 @@ class HTTPConnection:
         self._after_response()
 
     def send_body(self, data: bytes) -> None:
-        if self._lost or self.transport is None or self.h1.our_state is not SEND_BODY:
+        if self._lost or self.transport is None or self.wire.our_state is not SEND_BODY:
             return
         self._sent += len(data)
-        self.transport.write(self.h1.send_data(data))
+        self.transport.write(self.wire.send_data(data))
 
     def send_file(self, fd: int, offset: int, count: int) -> None:
-        if self._lost or self.transport is None or self.h1.our_state is not SEND_BODY:
+        if self._lost or self.transport is None or self.wire.our_state is not SEND_BODY:
             return
-        if not self.h1.prepare_raw(count):
+        if not self.wire.prepare_raw(count):
             return  # HEAD: the head was the whole response
         sock = self.transport.get_extra_info("socket")
         self._sf_sock = sock.fileno()
@@ -504,13 +575,13 @@ class HTTPConnection:
         self._sf_step()
 
     def finish(self) -> None:
-        if self._lost or self.transport is None or self.h1.our_state is not SEND_BODY:
+        if self._lost or self.transport is None or self.wire.our_state is not SEND_BODY:
             return
         if self._sf_active:
             self._finish_pending = True
             return
         try:
-            tail = self.h1.send_end()
+            tail = self.wire.send_end()
         except LocalProtocolError as exc:
             self._abort_response(str(exc))
             return
@@ -519,7 +590,7 @@ class HTTPConnection:
         self._after_response()
 
     def send_error(self, status: int) -> None:
-        if self.h1.our_state is not IDLE:
+        if self.wire.our_state is not IDLE:
             self.abort()
             return
         response, body = error_response(status, self.ctx.clock.date_server)
@@ -532,7 +603,7 @@ class HTTPConnection:
         if exchange is not None and not exchange.finished and self._tsink is None:
             # An inline exchange paused on a slow client: stop it (its close() runs).
             self._run_inline(exchange, exchange.disconnect)
-        self.h1.send_failed()
+        self.wire.send_failed()
         self._log_access()
         if self._sf_active:
             self._sf_cleanup()
@@ -588,9 +659,9 @@ class HTTPConnection:
     def _continue_cycle(self) -> None:
         """Start the next request cycle, drain an unread body, or close."""
         ctx = self.ctx
-        h1 = self.h1
-        their = h1.their_state
-        if h1.our_state is not DONE or their is MUST_CLOSE or their is ERROR:
+        wire = self.wire
+        their = wire.their_state
+        if wire.our_state is not DONE or their is MUST_CLOSE or their is ERROR:
             self._close_after_response()
             return
         if their is SEND_BODY:
@@ -610,14 +681,14 @@ class HTTPConnection:
         self._request = None
         self._stream = None
         self._drop_spool()
-        h1.start_next_cycle()
+        wire.start_next_cycle()
         if self._closing or ctx.shutting_down:
             self._close_after_response()
             return
         self._phase = _IDLE
         self._deadline = monotonic() + ctx.keep_alive
         self._resume_reading()
-        if not self._in_process and (h1.has_pending or h1.eof):
+        if not self._in_process and (wire.has_pending or wire.eof):
             self._process()
 
     def _close_after_response(self) -> None:
@@ -625,8 +696,8 @@ class HTTPConnection:
         transport = self.transport
         if transport is None or self._lost or self._lingering or transport.is_closing():
             return
-        h1 = self.h1
-        if h1.eof:
+        wire = self.wire
+        if wire.eof:
             transport.close()
             return
         # Half-close and discard whatever the client still sends, so the kernel does
@@ -680,7 +751,7 @@ class HTTPConnection:
             self._tsink = None
         self._exchange = None
         self._draining = False
-        if self.h1.our_state is IDLE:
+        if self.wire.our_state is IDLE:
             response, body = error_response(exc.status, self.ctx.clock.date_server)
             self._closing = True
             self.send_head(response, body, True)

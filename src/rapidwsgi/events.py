@@ -105,6 +105,19 @@ class EndOfMessage:
         return f"EndOfMessage(trailers={self.trailers!r})"
 
 
+class Reply:
+    """Protocol-level bytes the connection writes back at once (FastCGI management
+    answers, refusals of a second multiplexed request); never produced by HTTP/1.1."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Reply({self.data!r})"
+
+
 class ConnectionClosed:
     """The peer closed its side cleanly between requests."""
 
@@ -163,4 +176,4 @@ NEED_DATA: Final = _Sentinel("NEED_DATA")
 #: (pipelined requests wait their turn, RFC 9112 §9.3.2).
 PAUSED: Final = _Sentinel("PAUSED")
 
-Event = Request | Data | EndOfMessage | ConnectionClosed
+Event = Request | Data | EndOfMessage | ConnectionClosed | Reply

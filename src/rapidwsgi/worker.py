@@ -23,12 +23,23 @@ from typing import Final, cast
 from . import __version__
 from .config import Config
 from .connection import HTTPConnection, ServerContext
+from .forwarded import TrustedPeers
 from .log import AccessLog, Clock, error_log, reopen_error_log
-from .protocols.http1 import Limits
+from .protocols.base import Limits, ServerConnection
+from .protocols.fastcgi import FastCGIConnection
+from .protocols.http1 import H1Connection
+from .protocols.uwsgi import UwsgiConnection
 from .sockets import describe, reuse_port_twin
 from .wsgi import Environ, FileWrapper, WSGIApp
 
 TICK: Final = 1.0
+
+#: The wire protocol class for each ``--protocol`` name.
+WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = {
+    "http": H1Connection,
+    "uwsgi": UwsgiConnection,
+    "fastcgi": FastCGIConnection,
+}
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -199,13 +210,16 @@ class Worker:
             body_timeout=config.body_timeout,
             send_timeout=config.send_timeout,
             access_log=access_log,
+            trusted=TrustedPeers(config.forwarded_allow_ips),
+            proxy_protocol=config.proxy_protocol,
             on_request_done=self._request_done if self.supervision is not None else None,
         )
         self._ctx = ctx
-        # HTTPConnection implements the Protocol API without subclassing asyncio.Protocol.
-        factory = cast(Callable[[], asyncio.BaseProtocol], functools.partial(HTTPConnection, ctx))
         servers = []
-        for sock in self._listening_sockets():
+        for index, sock in enumerate(self._listening_sockets()):
+            wire = WIRE_PROTOCOLS[config.protocol_for(index)]
+            # HTTPConnection implements the Protocol API without subclassing asyncio.Protocol.
+            factory = cast(Callable[[], asyncio.BaseProtocol], functools.partial(HTTPConnection, ctx, wire))
             servers.append(await loop.create_server(factory, sock=sock, backlog=config.backlog))
             if self.supervision is None:
                 error_log.info("Listening at: %s (%d)", describe(sock), os.getpid())

@@ -98,9 +98,17 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
     if decoded is None:
         decoded = _decode_target(request)
     path_info, query, target = decoded
-    script_name: str = environ["SCRIPT_NAME"]
-    if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
-        path_info = path_info[len(script_name) :]
+    extra = request.extra
+    if extra:
+        # A gateway's CGI variables (uwsgi, FastCGI): SCRIPT_NAME and PATH_INFO it set
+        # win over the computed ones, as do REMOTE_ADDR, SERVER_NAME, ...
+        environ.update(extra)
+    if extra and "PATH_INFO" in extra:
+        path_info = extra["PATH_INFO"]  # already split from SCRIPT_NAME by the gateway
+    else:
+        script_name: str = environ["SCRIPT_NAME"]
+        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+            path_info = path_info[len(script_name) :]
     method = _methods.get(request.method)
     if method is None:
         method = request.method.decode("latin-1")
@@ -109,7 +117,8 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
     environ["QUERY_STRING"] = query
     environ["RAW_URI"] = target
     environ["REQUEST_URI"] = target
-    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.version == b"1.1" else "HTTP/1.0"
+    if not extra or "SERVER_PROTOCOL" not in extra:
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.version == b"1.1" else "HTTP/1.0"
     environ["wsgi.input"] = wsgi_input
     if request.content_length:
         environ["CONTENT_LENGTH"] = str(request.content_length)
@@ -129,8 +138,6 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
     if request.authority is not None:
         # RFC 9112 §3.2.2: the absolute-form target's authority replaces Host.
         environ["HTTP_HOST"] = request.authority.decode("latin-1")
-    if request.extra:
-        environ.update(request.extra)
     return environ
 
 

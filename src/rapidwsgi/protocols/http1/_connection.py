@@ -26,47 +26,14 @@ from typing import Final
 
 import httptools
 
-from ...errors import (
-    BadRequest,
-    HeaderFieldsTooLarge,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
-from ...events import (
-    NEED_DATA,
-    PAUSED,
-    ConnectionClosed,
-    Data,
-    EndOfMessage,
-    Request,
-    Response,
-    _Sentinel,
-)
-from ._semantics import Limits, request_from_head
-from ._state import (
-    CLOSED,
-    DONE,
-    ERROR,
-    EV_CLOSED,
-    EV_END,
-    EV_HEAD,
-    EV_HEAD_COMPLETE,
-    IDLE,
-    MUST_CLOSE,
-    OUR_TRANSITIONS,
-    SEND_BODY,
-    THEIR_TRANSITIONS,
-)
+from ...errors import BadRequest, HeaderFieldsTooLarge, RemoteProtocolError
+from ...events import NEED_DATA, PAUSED, ConnectionClosed, Data, EndOfMessage, Request, _Sentinel
+from .._state import CLOSED, DONE, ERROR, EV_CLOSED, IDLE, MUST_CLOSE, SEND_BODY, THEIR_TRANSITIONS
+from ..base import Limits, ServerConnection
+from ._semantics import request_from_head
 from ._tokenizer import Tokenizer
 
 __all__ = ["H1Connection", "Limits", "request_from_head"]
-
-# Request body framing modes.
-_NO_BODY: Final = 0
-_LENGTH: Final = 1
-_CHUNKED: Final = 2
-# Response-only framing modes.
-_CLOSE_DELIMITED: Final = 3
 
 #: While a head is incomplete, small reads are held back and fed to llhttp together
 #: once this many bytes are pending (or the head's end has arrived): httptools
@@ -76,11 +43,6 @@ HEAD_FEED: Final = 4096
 #: what llhttp tolerates without limit (runs of spaces in the request line). The
 #: configured limits are enforced exactly per target and field.
 HEAD_GUARD: Final = 1 << 20
-
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_AFTER_HEAD: Final = THEIR_TRANSITIONS[(IDLE, EV_HEAD)]
-_AFTER_COMPLETE_HEAD: Final = THEIR_TRANSITIONS[(IDLE, EV_HEAD_COMPLETE)]
-_AFTER_BODY: Final = THEIR_TRANSITIONS[(SEND_BODY, EV_END)]
 
 
 def _parser_error(exc: Exception) -> RemoteProtocolError:
@@ -93,13 +55,11 @@ def _parser_error(exc: Exception) -> RemoteProtocolError:
     return BadRequest(str(exc) or "malformed request")
 
 
-class H1Connection:
+class H1Connection(ServerConnection):
     """One HTTP/1.1 server connection's protocol state. See the module docstring."""
 
     def __init__(self, limits: Limits | None = None) -> None:
-        self.limits: Final = limits if limits is not None else Limits()
-        self.their_state: str = IDLE
-        self.our_state: str = IDLE
+        super().__init__(limits)
         self._tokens = Tokenizer(self.limits)
         self._unfed: deque[bytes] = deque()
         self._unfed_bytes = 0
@@ -107,20 +67,6 @@ class H1Connection:
         self._head_fed = 0
         self._tail = b""
         self._dead = False  # llhttp stopped at an error; nothing more is parsed
-        self._eof = False
-        self._error: RemoteProtocolError | None = None
-        # Per-cycle request facts.
-        self._version: bytes = b"1.1"
-        self._head_request: bool = False
-        self._req_keep_alive: bool = True
-        self._waiting_continue: bool = False
-        self._body_mode: int = _NO_BODY
-        self._remaining: int = 0
-        # Response encoder.
-        self._resp_mode: int = _NO_BODY
-        self._resp_length: int = 0
-        self._resp_sent: int = 0
-        self._resp_keep_alive: bool = True
 
     # ------------------------------------------------------------------ inspection
 
@@ -138,31 +84,6 @@ class H1Connection:
     def receiving_head(self) -> bool:
         """Part of a request head has arrived, but not all of it."""
         return self._tokens.in_head or (self.their_state is IDLE and self._unfed_bytes > 0)
-
-    @property
-    def eof(self) -> bool:
-        return self._eof
-
-    @property
-    def keep_alive(self) -> bool:
-        """Whether the current cycle, as far as decided, leaves the connection reusable."""
-        return self._req_keep_alive and self._resp_keep_alive
-
-    @property
-    def client_waiting_for_continue(self) -> bool:
-        """The client sent ``Expect: 100-continue`` and is still waiting (RFC 9110 §10.1.1)."""
-        return self._waiting_continue
-
-    @property
-    def body_remaining(self) -> int | None:
-        """Request body bytes still to come, or None when not known (chunked)."""
-        if self.their_state is not SEND_BODY:
-            return 0
-        if self._body_mode == _LENGTH:
-            return self._remaining
-        if self._body_mode == _CHUNKED:
-            return None
-        return 0
 
     # ------------------------------------------------------------------ receiving
 
@@ -198,33 +119,11 @@ class H1Connection:
             return self._on_request(item)
         if isinstance(item, Data):
             self._tokens.queued_bytes -= len(item.data)
-            self._waiting_continue = False  # body bytes: the client stopped waiting
-            if self._body_mode == _LENGTH:
-                self._remaining -= len(item.data)
-            return item
+            return self._on_data(item)
         if isinstance(item, EndOfMessage):
-            self._waiting_continue = False
-            self.their_state = _AFTER_BODY if self._req_keep_alive else MUST_CLOSE
-            return item
+            return self._on_end(item)
         self._fail(item)
         raise item
-
-    def _on_request(self, request: Request) -> Request:
-        self._version = request.version
-        self._head_request = request.method == b"HEAD"
-        self._req_keep_alive = request.keep_alive
-        self._waiting_continue = request.expect_continue
-        if request.chunked:
-            self.their_state = _AFTER_HEAD
-            self._body_mode = _CHUNKED
-        elif request.content_length:
-            self.their_state = _AFTER_HEAD
-            self._body_mode = _LENGTH
-            self._remaining = request.content_length
-        else:
-            self._body_mode = _NO_BODY
-            self.their_state = _AFTER_COMPLETE_HEAD if request.keep_alive else MUST_CLOSE
-        return request
 
     def _starved(self) -> ConnectionClosed | _Sentinel:
         """Nothing parsed from what was received: wait, or report the end of input."""
@@ -296,142 +195,6 @@ class H1Connection:
         self._unfed_bytes = 0
 
     def _fail(self, exc: RemoteProtocolError) -> None:
-        self._error = exc
-        self.their_state = ERROR
-        self._req_keep_alive = False
-        self._waiting_continue = False
+        super()._fail(exc)
         self._dead = True
         self._drop_unfed()
-
-    # ------------------------------------------------------------------ sending
-
-    def send_continue(self) -> bytes:
-        """``100 Continue`` if the client is still waiting for it, else ``b""``."""
-        if self._waiting_continue and self.our_state is IDLE:
-            self._waiting_continue = False
-            return _CONTINUE
-        return b""
-
-    def send_response(self, response: Response) -> bytes:
-        """Serialise a final response head, choosing the body framing (RFC 9112 §6)."""
-        if self.our_state is not IDLE:
-            raise LocalProtocolError("a response was already started")
-        status = response.status
-        if status < 200:
-            raise LocalProtocolError("informational responses are not sent this way")
-        keep = self._req_keep_alive and not response.close
-        length = response.content_length
-        framing = b""
-        if status == 204:
-            # RFC 9110 §8.6: no Content-Length in a 204.
-            mode = _NO_BODY
-        elif status == 304:
-            # RFC 9110 §15.4.5: no content; a Content-Length describes the 200.
-            mode = _NO_BODY
-            if length is not None:
-                framing = b"Content-Length: %d\r\n" % length
-        elif length is not None:
-            mode = _NO_BODY if self._head_request else _LENGTH
-            framing = b"Content-Length: %d\r\n" % length
-        elif self._head_request:
-            # RFC 9110 §9.3.2: fields only known while generating content may be omitted.
-            mode = _NO_BODY
-        elif self._version == b"1.1":
-            mode = _CHUNKED
-            framing = b"Transfer-Encoding: chunked\r\n"
-        else:
-            # HTTP/1.0 client, unknown length: the close delimits the body.
-            mode = _CLOSE_DELIMITED
-            keep = False
-        # An early response (the body is still coming): a client still waiting for 100
-        # Continue may or may not send the body now (RFC 9110 §10.1.1), and a large
-        # unread body is cheaper to cut off than to read: close in both cases.
-        if (
-            keep
-            and self.their_state is SEND_BODY
-            and (
-                self._waiting_continue
-                or (self._body_mode == _LENGTH and self._remaining > self.limits.max_drain)
-            )
-        ):
-            keep = False
-        if self.their_state is ERROR:
-            keep = False
-        self._waiting_continue = False
-        self._resp_keep_alive = keep
-        self._resp_mode = mode
-        self._resp_length = length if length is not None else 0
-        self._resp_sent = 0
-        self.our_state = OUR_TRANSITIONS[(IDLE, EV_HEAD)]
-        if not keep:
-            framing += b"Connection: close\r\n"
-        elif self._version == b"1.0":
-            framing += b"Connection: keep-alive\r\n"
-        return b"".join((b"HTTP/1.1 ", response.status_line, b"\r\n", response.headers, framing, b"\r\n"))
-
-    def send_data(self, data: bytes) -> bytes:
-        """Frame one piece of response body (empty input gives empty output)."""
-        if self.our_state is not SEND_BODY:
-            raise LocalProtocolError("no response body is being sent")
-        mode = self._resp_mode
-        if mode == _LENGTH:
-            self._resp_sent += len(data)
-            if self._resp_sent > self._resp_length:
-                raise LocalProtocolError("response body longer than its Content-Length")
-            return data
-        if mode == _CHUNKED:
-            if not data:
-                return b""
-            return b"%x\r\n%b\r\n" % (len(data), data)
-        if mode == _CLOSE_DELIMITED:
-            return data
-        return b""
-
-    def prepare_raw(self, count: int) -> bool:
-        """Account ``count`` body bytes the caller sends itself (``sendfile``).
-
-        Returns False when the response has no body on the wire (HEAD, 204, 304), in
-        which case nothing must be sent. Only unframed bodies (Content-Length or
-        close-delimited) can be sent raw.
-        """
-        if self.our_state is not SEND_BODY:
-            raise LocalProtocolError("no response body is being sent")
-        mode = self._resp_mode
-        if mode == _NO_BODY:
-            return False
-        if mode == _CHUNKED:
-            raise LocalProtocolError("a chunked body cannot be sent raw")
-        if mode == _LENGTH:
-            self._resp_sent += count
-            if self._resp_sent > self._resp_length:
-                raise LocalProtocolError("response body longer than its Content-Length")
-        return True
-
-    def send_end(self) -> bytes:
-        """Finish the response body; raises if a Content-Length was not honoured."""
-        if self.our_state is not SEND_BODY:
-            raise LocalProtocolError("no response body is being sent")
-        mode = self._resp_mode
-        if mode == _LENGTH and self._resp_sent != self._resp_length:
-            self.our_state = ERROR
-            raise LocalProtocolError("response body shorter than its Content-Length")
-        self.our_state = OUR_TRANSITIONS[(SEND_BODY, EV_END)]
-        if not self._resp_keep_alive:
-            self.our_state = MUST_CLOSE
-        return b"0\r\n\r\n" if mode == _CHUNKED else b""
-
-    def send_failed(self) -> None:
-        """Record that the response could not be completed: the connection must close."""
-        self.our_state = ERROR
-        self._resp_keep_alive = False
-
-    def start_next_cycle(self) -> None:
-        """Reset both sides to IDLE for the next pipelined/keep-alive request."""
-        if self.their_state is not DONE or self.our_state is not DONE:
-            raise LocalProtocolError(f"cannot start a new cycle from ({self.their_state}, {self.our_state})")
-        self.their_state = IDLE
-        self.our_state = IDLE
-        self._req_keep_alive = True
-        self._resp_keep_alive = True
-        self._body_mode = _NO_BODY
-        self._head_request = False

@@ -30,35 +30,6 @@ _SPECIAL_FIELDS: Final = frozenset(
 _valid_hosts: Final[set[bytes]] = set()
 
 
-class Limits:
-    """Parser limits (gunicorn's ``limit_request_*`` semantics).
-
-    ``max_line``: request-target bytes (414 beyond). ``max_fields``: header field lines
-    (431 beyond). ``max_field_size``: bytes of one field line (431 beyond).
-    ``max_body``: request body bytes, 0 for no limit (413 beyond). ``max_drain``:
-    bytes of an unread request body we read and discard to keep a connection alive
-    after an early response; beyond it the connection is closed instead.
-    """
-
-    __slots__ = ("max_body", "max_drain", "max_field_size", "max_fields", "max_head", "max_line")
-
-    def __init__(
-        self,
-        max_line: int = 8190,
-        max_fields: int = 100,
-        max_field_size: int = 8190,
-        max_body: int = 0,
-        max_drain: int = 1 << 20,
-    ) -> None:
-        self.max_line = max_line
-        self.max_fields = max_fields
-        self.max_field_size = max_field_size
-        self.max_body = max_body
-        self.max_drain = max_drain
-        # The largest head the limits above admit (request line, fields, CRLFs).
-        self.max_head = max_line + 2 + max_fields * (max_field_size + 2) + 2
-
-
 def _split_list(values: list[bytes]) -> list[bytes]:
     """Parse a comma-separated list field (RFC 9110 §5.6.1), lower-cased, empties dropped."""
     out = []

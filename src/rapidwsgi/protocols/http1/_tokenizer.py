@@ -36,7 +36,8 @@ from ...errors import (
     VersionNotSupported,
 )
 from ...events import Data, EndOfMessage, Request
-from ._semantics import Limits, request_from_head
+from ..base import Limits
+from ._semantics import request_from_head
 
 #: Events and errors, in stream order, as the callbacks produce them.
 QueueItem = Request | Data | EndOfMessage | RemoteProtocolError
