@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench setup.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src/rapidwsgi bench/run.py bench/hotpath.py bench/parser.py bench/strictness.py
+	$(BIN)/mypy --strict src/rapidwsgi bench/run.py bench/hotpath.py bench/parser.py bench/strictness.py bench/modes.py
 
 unit: unit-compiled unit-source
 

@@ -8,6 +8,7 @@ layer above them but import no layer themselves.
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -104,14 +105,33 @@ def test_protocol_layer_has_no_io_threads_or_logging() -> None:
             assert not forbidden.intersection(names), f"{path.name} imports {names}"
 
 
+def _hot_modules() -> list[str]:
+    """The modules setup.py compiles with mypyc (its HOT_MODULES list)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "HOT_MODULES" for t in node.targets
+        ):
+            paths = ast.literal_eval(node.value)
+            assert isinstance(paths, list)
+            return [str(p) for p in paths]
+    raise AssertionError("setup.py has no HOT_MODULES")
+
+
+def test_every_compiled_module_exists() -> None:
+    # A moved module left in HOT_MODULES makes mypyc fail and the build fall back to
+    # pure Python silently; this catches it in both test runs.
+    for path in _hot_modules():
+        assert (ROOT / path).is_file(), path
+
+
 @pytest.mark.skipif(SOURCE_MODE, reason="source mode tests the pure-Python fallback")
 def test_installed_hot_path_is_compiled_when_a_compiler_exists() -> None:
     if not (shutil.which("cc") or shutil.which("gcc")) or os.environ.get("RAPIDWSGI_PURE_PYTHON") == "1":
         pytest.skip("no C compiler: the pure-Python fallback is expected")
-    import rapidwsgi.connection
-    import rapidwsgi.protocols.http1._connection
-
-    for module in (rapidwsgi.connection, rapidwsgi.protocols.http1._connection):
+    for path in _hot_modules():
+        name = path.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        module = importlib.import_module(name)
         assert module.__file__ is not None and not module.__file__.endswith(".py"), module.__file__
 
 

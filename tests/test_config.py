@@ -33,6 +33,8 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "log_level": ("debug", "debug"),
         "umask": ("027", 0o27),
         "bind": ("unix:/run/app.sock", ["unix:/run/app.sock"]),
+        "protocol": ("uwsgi", ["uwsgi"]),
+        "forwarded_allow_ips": ("10.0.0.0/8,unix", ["10.0.0.0/8", "unix"]),
     }
     if f.name in by_name:
         return by_name[f.name]

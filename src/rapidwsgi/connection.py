@@ -451,7 +451,14 @@ class HTTPConnection:
         assert request is not None
         ctx = self.ctx
         environ = build_environ(self._environ_base, request, wsgi_input)
-        if self._forwarding:
+        if self._forwarding and (
+            "HTTP_X_FORWARDED_FOR" in environ
+            or "HTTP_FORWARDED" in environ
+            or "HTTP_X_FORWARDED_PROTO" in environ
+            or "HTTP_X_FORWARDED_HOST" in environ
+        ):
+            # Tested here, not in apply_forwarded: a direct client on loopback (a
+            # trusted peer) sends none of these, and a call would cost every request.
             apply_forwarded(environ, ctx.trusted)
         self._environ = environ
         self._dispatched = True
@@ -662,6 +669,16 @@ class HTTPConnection:
         wire = self.wire
         their = wire.their_state
         if wire.our_state is not DONE or their is MUST_CLOSE or their is ERROR:
+            if their is MUST_CLOSE and wire.has_pending:
+                # Bytes after the last message of a connection: ignored over HTTP (RFC
+                # 9112 §9.6), a framing error for a gateway protocol (uwsgi), which is
+                # logged. The response is complete either way: a clean close.
+                try:
+                    wire.next_event()
+                except RemoteProtocolError as exc:
+                    error_log.info(
+                        "Bad request from %s: %s", self._environ_base.get("REMOTE_ADDR") or "unix", exc.reason
+                    )
             self._close_after_response()
             return
         if their is SEND_BODY:
@@ -751,10 +768,14 @@ class HTTPConnection:
             self._tsink = None
         self._exchange = None
         self._draining = False
-        if self.wire.our_state is IDLE:
+        wire = self.wire
+        if wire.our_state is IDLE and wire.can_answer_error:
             response, body = error_response(exc.status, self.ctx.clock.date_server)
             self._closing = True
             self.send_head(response, body, True)
+        elif wire.our_state is IDLE:
+            self._closing = True
+            self._close_after_response()  # no request to answer: a clean close
         else:
             self.abort()
 

@@ -76,15 +76,20 @@ def _split(value: str) -> list[str]:
 
 
 def _node(value: str) -> tuple[str, str]:
-    """RFC 7239 §6 node: ``ip``, ``"[v6]:port"``, ``ip:port``; returns (address, port)."""
+    """RFC 7239 §6 node: ``ip``, ``"[v6]:port"``, ``ip:port``; returns (address, port).
+
+    The port is ``""`` unless it is a number: an obfuscated port (``_abc``, §6.3) names
+    nothing a WSGI application could use as REMOTE_PORT.
+    """
     value = value.strip().strip('"')
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else ""
-    if value.count(":") == 1:
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
         host, _, port = value.partition(":")
-        return host, port
-    return value, ""
+    else:
+        host, port = value, ""
+    return host, port if port.isdigit() and port.isascii() and len(port) <= 5 else ""
 
 
 def _parse_forwarded(value: str) -> list[dict[str, str]]:

@@ -139,6 +139,11 @@ class ServerConnection:
         return self._waiting_continue
 
     @property
+    def can_answer_error(self) -> bool:
+        """A refusal of the input can be sent as a response (else: just close)."""
+        return True
+
+    @property
     def body_remaining(self) -> int | None:
         """Request body bytes still to come, or None when not known (chunked)."""
         if self.their_state is not SEND_BODY:

@@ -7,7 +7,10 @@ adapter builds the environ (PEP 3333 rules: PATH_INFO from the request target,
 percent-decoded, latin-1). Variables that are not the request line or a header (for
 example REMOTE_ADDR, SERVER_NAME, HTTPS, SCRIPT_NAME) are carried in ``Request.extra``
 and land in the environ as they are; ``HTTPS``/``REQUEST_SCHEME`` set
-``wsgi.url_scheme``.
+``wsgi.url_scheme``. What would be malformed in an HTTP head is refused here too
+(:class:`BadRequest`): a method that is no token, a target that is not origin-form or
+``*`` or holds spaces or controls, header variables with CR/LF/NUL, a non-numeric
+CONTENT_LENGTH; the ``--limit-request-*`` limits apply.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from urllib.parse import quote_from_bytes
 
 from ..errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, URITooLong
 from ..events import Request
+from . import _grammar as g
 from .base import Limits
 
 # Variables that make up the request line or its framing (not passed through as extra).
@@ -45,12 +49,16 @@ def request_from_cgi(variables: list[tuple[bytes, bytes]], limits: Limits) -> Re
         if name.startswith(b"HTTP_"):
             if len(name) + len(value) - 3 > limits.max_field_size:
                 raise HeaderFieldsTooLarge("header field too large")
+            # The gateway already parsed the request, but what it forwards is still
+            # checked like a field line (RFC 9110 §5.5): no CR/LF/NUL can reach the app.
+            if g.TOKEN.fullmatch(name, 5) is None or g.FIELD_VALUE.fullmatch(value) is None:
+                raise BadRequest("invalid header variable")
             headers.append((name[5:].lower().replace(b"_", b"-"), value))
         elif name not in _REQUEST_VARS and name:
             extra[name.decode("latin-1")] = value.decode("latin-1")
     method = values.get(b"REQUEST_METHOD")
-    if not method:
-        raise BadRequest("gateway sent no REQUEST_METHOD")
+    if not method or g.TOKEN.fullmatch(method) is None:
+        raise BadRequest("gateway sent no valid REQUEST_METHOD")
     target = values.get(b"REQUEST_URI")
     if not target:
         # Rebuild a target from the decoded path the gateway sent.
@@ -59,9 +67,13 @@ def request_from_cgi(variables: list[tuple[bytes, bytes]], limits: Limits) -> Re
         target = path + (b"?" + query if query else b"")
     if len(target) > limits.max_line:
         raise URITooLong("request target too long")
+    if g.GATEWAY_TARGET.fullmatch(target) is None:
+        raise BadRequest("invalid REQUEST_URI")
     path, _, query = target.partition(b"?")
     if b"QUERY_STRING" in values:
         query = values[b"QUERY_STRING"]
+        if g.GATEWAY_QUERY.fullmatch(query) is None:
+            raise BadRequest("invalid QUERY_STRING")
     content_length = 0
     raw_length = values.get(b"CONTENT_LENGTH", b"")
     if raw_length:
@@ -72,6 +84,8 @@ def request_from_cgi(variables: list[tuple[bytes, bytes]], limits: Limits) -> Re
             raise ContentTooLarge("request body too large")
         headers.append((b"content-length", raw_length))
     if values.get(b"CONTENT_TYPE"):
+        if g.FIELD_VALUE.fullmatch(values[b"CONTENT_TYPE"]) is None:
+            raise BadRequest("invalid CONTENT_TYPE")
         headers.append((b"content-type", values[b"CONTENT_TYPE"]))
     protocol = values.get(b"SERVER_PROTOCOL", b"HTTP/1.0")
     extra["SERVER_PROTOCOL"] = protocol.decode("latin-1")

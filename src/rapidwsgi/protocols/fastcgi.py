@@ -154,6 +154,8 @@ class FastCGIConnection(ServerConnection):
         self._keep_conn = False
         self._params = bytearray()
         self._body_seen = 0
+        #: CONTENT_LENGTH of the current request, None when the gateway sent none.
+        self._declared: int | None = None
 
     # -- inspection
 
@@ -164,6 +166,12 @@ class FastCGIConnection(ServerConnection):
     @property
     def has_pending(self) -> bool:
         return bool(self._buf)
+
+    @property
+    def can_answer_error(self) -> bool:
+        # Only inside a request: before any BEGIN_REQUEST (or between requests) there is
+        # no request id to answer on, and id 0 is reserved for management records (§3.3).
+        return self._phase != _WAIT_BEGIN
 
     @property
     def receiving_head(self) -> bool:
@@ -262,10 +270,11 @@ class FastCGIConnection(ServerConnection):
                     raise BadRequest("fastcgi: STDIN ended before CONTENT_LENGTH")
                 self._phase = _WAIT_BEGIN
                 return self._on_end(_EMPTY_EOM)
-            if self._body_mode == LENGTH and len(content) > self._remaining:
+            self._body_seen += len(content)
+            declared = self._declared
+            if declared is not None and self._body_seen > declared:
                 raise BadRequest("fastcgi: STDIN longer than CONTENT_LENGTH")
             max_body = self.limits.max_body
-            self._body_seen += len(content)
             if max_body and self._body_seen > max_body:
                 raise ContentTooLarge("request body too large")
             return self._on_data(Data(content))
@@ -277,8 +286,11 @@ class FastCGIConnection(ServerConnection):
         request = request_from_cgi(decode_pairs(bytes(self._params)), self.limits)
         self._params.clear()
         self._phase = _IN_STDIN
-        # The body ends with an empty STDIN record: without CONTENT_LENGTH its length
-        # is unknown in advance (as for a chunked HTTP body).
+        declared = any(name == b"content-length" for name, _ in request.headers)
+        self._declared = request.content_length if declared else None
+        # The body ends with an empty STDIN record: without a positive CONTENT_LENGTH
+        # the state machine waits for that record as for the end of a chunked HTTP body
+        # (a declared 0 still refuses any STDIN content, above).
         if not request.content_length:
             request.chunked = True
         request.keep_alive = self._keep_conn

@@ -18,7 +18,7 @@ from ...errors import (
     NotImplementedByServer,
 )
 from ...events import Request
-from . import _grammar as g
+from .. import _grammar as g
 
 #: More than 18 decimal digits of Content-Length (an exabyte) is not a real body.
 _MAX_CL_DIGITS: Final = 18
