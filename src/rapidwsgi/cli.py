@@ -8,6 +8,7 @@ there is one) and exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -20,6 +21,7 @@ from .config import Config, build_parser
 from .errors import BindError, ConfigError, ExitCode
 from .log import error_log, setup_error_log
 from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
+from .supervisor import Master
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,23 +50,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.path.insert(0, os.path.abspath(path.strip()))
 
     try:
-        sockets = open_sockets(config)
+        sockets, created = open_sockets(config)
     except BindError as exc:
         error_log.error("%s", exc)
         return ExitCode.BIND
+    # The supervisor (and what it imports) is imported at the top of this module, and
+    # the event loop here, while still running as the user who started the server:
+    # after --user an installation only root can read would fail with a traceback, or
+    # silently fall back from uvloop to asyncio in every worker.
+    if config.loop in ("auto", "uvloop"):
+        with contextlib.suppress(ImportError):
+            import uvloop  # noqa: F401
     try:
-        drop_privileges(config, sockets)
+        drop_privileges(config, sockets, created)
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE
-
-    from .supervisor import Master
-
-    return Master(config, sockets).run()
+    return Master(config, sockets, unlink_at_exit=created).run()
 
 
-def open_sockets(config: Config) -> list[socket.socket]:
-    """The listening sockets: systemd's if it passed some, else ``--bind``.
+def open_sockets(config: Config) -> tuple[list[socket.socket], list[str]]:
+    """The listening sockets (systemd's if it passed some, else ``--bind``), and the
+    unix socket files created for them here (the master removes those at exit, never
+    the files of sockets it adopted).
 
     With ``--reuse-port`` TCP addresses are only bound here (holding the port); each
     worker listens on its own SO_REUSEPORT socket.
@@ -72,17 +80,21 @@ def open_sockets(config: Config) -> list[socket.socket]:
     inherited = systemd_sockets()
     if inherited:
         error_log.info("Using %d socket(s) from systemd (LISTEN_FDS)", len(inherited))
-        return inherited
+        return inherited, []
     sockets = []
+    created = []
     for text in config.bind:
         address = parse_address(text)
         reuse = config.reuse_port and address.kind == "tcp"
         sockets.append(bind(address, config.backlog, config.umask, reuse_port=reuse, listen=not reuse))
-    return sockets
+        if address.kind == "unix":
+            created.append(address.path)
+    return sockets, created
 
 
-def drop_privileges(config: Config, sockets: list[socket.socket]) -> None:
-    """``--user`` / ``--group``: switch after binding (unix sockets change owner too)."""
+def drop_privileges(config: Config, sockets: list[socket.socket], created: list[str]) -> None:
+    """``--user`` / ``--group``: switch after binding (the unix socket files created
+    here change owner too; an adopted socket's file keeps the owner its creator gave it)."""
     if config.user is None and config.group is None:
         return
     try:
@@ -95,7 +107,9 @@ def drop_privileges(config: Config, sockets: list[socket.socket]) -> None:
             gid = os.getgid()
     except KeyError as exc:
         raise ConfigError(f"unknown user or group: {exc.args[0]}") from None
-    chown_unix_sockets(sockets, uid, gid)
+    chown_unix_sockets(
+        [s for s in sockets if s.family == socket.AF_UNIX and s.getsockname() in created], uid, gid
+    )
     try:
         if gid != os.getgid():
             os.setgroups([])

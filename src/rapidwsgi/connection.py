@@ -699,11 +699,16 @@ class HTTPConnection:
         self._stream = None
         self._drop_spool()
         wire.start_next_cycle()
-        if self._closing or ctx.shutting_down:
-            self._close_after_response()
-            return
         self._phase = _IDLE
-        self._deadline = monotonic() + ctx.keep_alive
+        if self._closing or ctx.shutting_down:
+            # Stopping, but this response went out without ``Connection: close`` (the
+            # stop began after its head was sent): the client may be sending its next
+            # request right now, so it is treated like any idle connection at shutdown
+            # (begin_shutdown): answered, with close, if it comes within the grace.
+            self._closing = True
+            self._deadline = monotonic() + SHUTDOWN_IDLE_GRACE
+        else:
+            self._deadline = monotonic() + ctx.keep_alive
         self._resume_reading()
         if not self._in_process and (wire.has_pending or wire.eof):
             self._process()

@@ -209,7 +209,8 @@ def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket
     """Listening sockets passed by systemd socket activation (``LISTEN_FDS``/``LISTEN_PID``).
 
     The variables are removed from the environment so that children do not take the
-    sockets for theirs (sd_listen_fds(3)).
+    sockets for theirs (sd_listen_fds(3)). Variables that promise sockets which are not
+    there (a wrong LISTEN_FDS, a closed fd 3) raise :class:`BindError`.
     """
     env = os.environ if environ is None else environ
     pid, count = env.get("LISTEN_PID"), env.get("LISTEN_FDS")
@@ -220,11 +221,18 @@ def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket
     env.pop("LISTEN_FDNAMES", None)
     if pid != str(os.getpid()):
         return []
+    try:
+        number = int(count)
+    except ValueError:
+        raise BindError(f"LISTEN_FDS={count!r}: not a number of file descriptors") from None
     sockets = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
-        os.set_inheritable(fd, True)
-        sock = _adopt_fd(fd)
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + number):
+        try:
+            sock = _adopt_fd(fd)  # before anything else touches the fd: it may be closed
+        except BindError as exc:
+            raise BindError(f"socket activation (LISTEN_FDS={number}): {exc}") from None
         sock.setblocking(False)
+        sock.set_inheritable(True)
         sockets.append(sock)
     return sockets
 

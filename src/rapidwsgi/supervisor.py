@@ -21,11 +21,17 @@ Rules:
    finishes what it has and closes its connections cleanly). With ``--preload`` the
    application is imported in a *zygote*, a fork of the master that never imported
    it, so a new zygote imports the new code; workers forked from a zygote are re-parented
-   to the master (it is their child subreaper), which reaps them like the others.
+   to the master (it is their child subreaper), which reaps them like the others. Every
+   worker a zygote reports is adopted, even after the zygote exited (its replies are
+   read to the end first); one of a superseded generation is stopped at once, and a
+   zygote of a superseded generation is never restarted.
 7. ``--max-requests``: a worker that reports ``Q`` keeps serving until a replacement
    serves, then it is stopped gracefully.
-8. SIGTERM / SIGINT: graceful stop within ``--graceful-timeout`` (then SIGKILL);
-   SIGQUIT: immediate. SIGTTIN / SIGTTOU: one worker more / fewer. SIGUSR1: reopen logs.
+8. SIGTERM / SIGINT: graceful stop within ``--graceful-timeout`` (then SIGKILL); a
+   repeated SIGTERM changes nothing, a SIGINT during a graceful stop (Ctrl-C twice) or a
+   SIGQUIT stops at once: the workers get SIGQUIT, cut their connections and exit (SIGKILL
+   only for one whose loop is blocked). SIGTTIN / SIGTTOU: one worker more / fewer.
+   SIGUSR1: reopen logs (master, zygotes, workers).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
 from . import __version__
@@ -111,13 +117,22 @@ class Zygote:
         self.generation = generation
         self.sock = sock
         self.ready = False
-        self.pending_spawns = 0
+        #: Told to exit (superseded, reload aborted, the master stopping): never restarted.
+        self.stopping = False
+        #: Spawn requests it has not answered yet: request number -> the read end of
+        #: the new worker's pipe (the worker holds the write end).
+        self.spawns: dict[int, int] = {}
 
 
 class Master:
     """Supervises the workers (see the module docstring)."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self, config: Config, sockets: list[socket.socket], unlink_at_exit: Sequence[str] = ()
+    ) -> None:
+        """``unlink_at_exit``: the unix socket files this process created (bound), which
+        it removes when it exits; sockets it adopted (systemd, ``fd://``) belong to
+        whoever created them and are left in place."""
         self.config = config
         self.sockets = sockets
         self.num_workers = config.workers or os.cpu_count() or 1
@@ -128,6 +143,7 @@ class Master:
         self.pending: int | None = None  # a generation being started by a reload
         self.failed_generations: set[int] = set()
         self.stopping: str | None = None  # "graceful" or "quick" once asked to stop
+        self.stop_reason = ""
         self.stop_deadline = 0.0
         self.exit_code = ExitCode.OK
         self.ever_ready = False
@@ -136,13 +152,15 @@ class Master:
         self.backoff = 0.0
         self.next_spawn = 0.0
         self._signals: deque[int] = deque()
-        #: Read ends of pipes whose worker a zygote has not reported yet: (generation, fd).
-        self._unclaimed_pipes: list[tuple[int, int]] = []
-        self._unix_paths = [
-            str(sock.getsockname())
-            for sock in sockets
-            if sock.family == socket.AF_UNIX and sock.getsockname()
-        ]
+        #: Zygotes reaped while their socket may still hold "pid" replies (sent by the
+        #: zygote, or by an intermediate process that outlived it): read to the end, so
+        #: that every worker they forked is adopted.
+        self._draining: list[Zygote] = []
+        #: Unknown children reaped while spawns were in flight: a worker that exited
+        #: before its zygote's report was read (PID -> exit code).
+        self._early_exits: dict[int, int] = {}
+        self._spawn_counter = 0
+        self._unix_paths = list(unlink_at_exit)
         self._wake_r, self._wake_w = os.pipe()
         self.reloader = Reloader(config) if config.reload else None
         self._next_reload_check = 0.0
@@ -170,7 +188,7 @@ class Master:
         if self.config.preload:
             self._start_zygote(self.generation)
         try:
-            while not (self.stopping and not self.workers and not self.zygotes):
+            while not (self.stopping and not self.workers and not self.zygotes and not self._draining):
                 self._wait()
                 self._dispatch_signals()
                 self._reap()
@@ -191,7 +209,8 @@ class Master:
 
     def _wait(self) -> None:
         fds = [self._wake_r] + [w.fd for w in self.workers.values()]
-        fds += [z.sock.fileno() for z in self.zygotes.values()]
+        zygotes = [*self.zygotes.values(), *self._draining]
+        fds += [z.sock.fileno() for z in zygotes]
         poller = select.poll()
         for fd in fds:
             poller.register(fd, select.POLLIN)
@@ -201,7 +220,7 @@ class Master:
             return
         now = time.monotonic()
         by_fd = {w.fd: w for w in self.workers.values()}
-        by_sock = {z.sock.fileno(): z for z in self.zygotes.values()}
+        by_sock = {z.sock.fileno(): z for z in zygotes}
         for fd, _ in events:
             if fd == self._wake_r:
                 _drain(fd)
@@ -231,7 +250,8 @@ class Master:
         self.stop(graceful=True, reason="SIGTERM")
 
     def handle_int(self) -> None:
-        self.stop(graceful=True, reason="SIGINT")
+        # Ctrl-C twice: the second one stops at once (docs/process.md).
+        self.stop(graceful=self.stopping is None, reason="SIGINT")
 
     def handle_quit(self) -> None:
         self.stop(graceful=False, reason="SIGQUIT")
@@ -249,6 +269,9 @@ class Master:
         reopen_error_log()
         for worker in self.workers.values():
             _kill(worker.pid, signal.SIGUSR1)
+        # The zygotes too: the workers they fork later inherit their error log.
+        for zygote in self.zygotes.values():
+            _kill(zygote.pid, signal.SIGUSR1)
 
     # ------------------------------------------------------------------ actions
 
@@ -266,9 +289,19 @@ class Master:
     def stop(self, graceful: bool, reason: str) -> None:
         if self.stopping == "quick":
             return
-        if self.stopping == "graceful" and graceful:
-            graceful = False  # asked twice (a second Ctrl-C): stop now
-            reason += " again"
+        if self.stopping == "graceful":
+            if graceful:
+                # A repeated SIGTERM (an init system, `timeout`, an impatient script)
+                # keeps the graceful stop: only SIGINT or SIGQUIT cut it short.
+                error_log.info(
+                    "Already shutting down gracefully (%s); %s again: a SIGINT or SIGQUIT stops at once",
+                    self.stop_reason,
+                    reason,
+                )
+                return
+            reason += " again" if reason == self.stop_reason else f" after {self.stop_reason}"
+        else:
+            self.stop_reason = reason
         self.stopping = "graceful" if graceful else "quick"
         grace = self.config.graceful_timeout if graceful else KILL_GRACE
         self.stop_deadline = time.monotonic() + grace + 1.0
@@ -280,7 +313,8 @@ class Master:
                 worker.stop_sent = now
                 _kill(worker.pid, signum)
         for zygote in list(self.zygotes.values()):
-            self._stop_zygote(zygote)
+            if not zygote.stopping:
+                self._stop_zygote(zygote)
         for sock in self.sockets:
             sock.close()  # the workers hold their own copies until they stop
 
@@ -290,6 +324,8 @@ class Master:
             _kill(worker.pid, signal.SIGKILL)
         for zygote in self.zygotes.values():
             _kill(zygote.pid, signal.SIGKILL)
+        for zygote in list(self._draining):
+            self._forget_zygote(zygote)  # no more waiting for late replies
         self.stop_deadline = time.monotonic() + 5.0
 
     def _manage(self) -> None:
@@ -297,6 +333,10 @@ class Master:
         now = time.monotonic()
         if self.pending is not None:
             self._advance_reload(now)
+        if self.config.preload and now >= self.next_spawn and not self._zygote_of(self.generation):
+            # Its zygote failed to import the application again (the code on disk
+            # changed under it): retry, backed off like a crash loop.
+            self._start_zygote(self.generation)
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
         active = [w for w in current if not w.retiring]
         wanted = self.num_workers - len(active) - self._spawns_in_flight(self.generation)
@@ -354,7 +394,12 @@ class Master:
 
     def _spawns_in_flight(self, generation: int) -> int:
         """Workers a zygote was asked for but has not reported yet."""
-        return sum(z.pending_spawns for z in self.zygotes.values() if z.generation == generation)
+        zygotes = [*self.zygotes.values(), *self._draining]
+        return sum(len(z.spawns) for z in zygotes if z.generation == generation)
+
+    def _zygote_of(self, generation: int) -> Zygote | None:
+        """The zygote that forks the workers of ``generation`` (not one told to exit)."""
+        return next((z for z in self.zygotes.values() if z.generation == generation and not z.stopping), None)
 
     def _stop_worker(self, worker: WorkerProcess, why: str) -> None:
         error_log.info("Stopping worker %d (%s)", worker.pid, why)
@@ -371,23 +416,25 @@ class Master:
         if max_requests and self.config.max_requests_jitter:
             max_requests += random.randint(0, self.config.max_requests_jitter)
         if self.config.preload:
-            zygote = next((z for z in self.zygotes.values() if z.generation == generation), None)
+            zygote = self._zygote_of(generation)
             if zygote is None or not zygote.ready:
                 return False  # the zygote is still importing the application
+            # Numbered, so that its reply names the pipe that goes with the worker.
+            self._spawn_counter += 1
+            request = self._spawn_counter
             read_fd, write_fd = _pipe()
             try:
-                socket.send_fds(zygote.sock, [b"spawn %d" % max_requests], [write_fd])
+                socket.send_fds(zygote.sock, [b"spawn %d %d" % (request, max_requests)], [write_fd])
             except OSError as exc:
                 error_log.error("Zygote %d unreachable: %s", zygote.pid, exc)
                 os.close(read_fd)
                 return False
             finally:
                 os.close(write_fd)
-            zygote.pending_spawns += 1
-            self._unclaimed_pipes.append((generation, read_fd))
+            zygote.spawns[request] = read_fd
             return True
         read_fd, write_fd = _pipe()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:  # the worker
             try:
                 os.close(read_fd)
@@ -401,8 +448,21 @@ class Master:
         return True
 
     def _adopt(self, pid: int, generation: int, read_fd: int) -> None:
-        self.workers[pid] = WorkerProcess(pid, generation, read_fd, time.monotonic())
+        worker = WorkerProcess(pid, generation, read_fd, time.monotonic())
+        self.workers[pid] = worker
         error_log.info("Booting worker %d (generation %d)", pid, generation)
+        code = self._early_exits.pop(pid, None)
+        if code is not None:
+            # Reaped before its zygote's report was read: it is gone already.
+            self._worker_exited(self.workers.pop(pid), code)
+        elif self.stopping:
+            # Forked just before the stop (a zygote's late reply): stop it like the rest.
+            worker.stop_sent = worker.spawned
+            _kill(pid, signal.SIGTERM if self.stopping == "graceful" else signal.SIGQUIT)
+        elif generation not in (self.generation, self.pending):
+            # Its zygote's generation was superseded or aborted while the fork was
+            # under way: never let it serve outdated code unsupervised.
+            self._stop_worker(worker, f"generation {generation} superseded")
 
     def _beat_interval(self) -> float:
         timeout = self.config.timeout
@@ -417,10 +477,10 @@ class Master:
             _close_quietly(fd)
         for worker in self.workers.values():
             _close_quietly(worker.fd)
-        for zygote in self.zygotes.values():
+        for zygote in [*self.zygotes.values(), *self._draining]:
             zygote.sock.close()
-        for _, fd in self._unclaimed_pipes:
-            _close_quietly(fd)
+            for fd in zygote.spawns.values():
+                _close_quietly(fd)
 
     # ------------------------------------------------------------------ zygotes
 
@@ -435,7 +495,7 @@ class Master:
 
     def _start_zygote(self, generation: int) -> None:
         master_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:
             try:
                 master_end.close()
@@ -447,31 +507,47 @@ class Master:
         self.zygotes[pid] = Zygote(pid, generation, master_end)
         error_log.info("Preloading the application in zygote %d (generation %d)", pid, generation)
 
-    def _read_zygote(self, zygote: Zygote) -> None:
+    def _read_zygote(self, zygote: Zygote) -> bool:
+        """Handle one message from ``zygote``; False when there was none to read."""
         try:
-            message = zygote.sock.recv(256)
+            message = zygote.sock.recv(256, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
         except OSError:
             message = b""
         if not message:
-            return  # it exited; _reap reports it
+            # End of file: the zygote and every process it forked closed their ends.
+            # A live zygote is exiting (_reap reports it); a reaped one has said all.
+            if zygote in self._draining:
+                self._forget_zygote(zygote)
+            return False
         if message == b"ok":
             zygote.ready = True
             error_log.info("Zygote %d imported the application", zygote.pid)
         elif message.startswith(b"pid "):
-            pid = int(message[4:])
-            zygote.pending_spawns -= 1
-            read_fd = self._claim_pipe(zygote.generation)
+            _, request, pid = message.split()
+            read_fd = zygote.spawns.pop(int(request), None)
             if read_fd is not None:
-                self._adopt(pid, zygote.generation, read_fd)
+                self._adopt(int(pid), zygote.generation, read_fd)
+            if not self._spawns_in_flight_anywhere():
+                self._early_exits.clear()
+        return True
 
-    def _claim_pipe(self, generation: int) -> int | None:
-        for i, (gen, fd) in enumerate(self._unclaimed_pipes):
-            if gen == generation:
-                del self._unclaimed_pipes[i]
-                return fd
-        return None
+    def _spawns_in_flight_anywhere(self) -> bool:
+        return any(z.spawns for z in [*self.zygotes.values(), *self._draining])
+
+    def _forget_zygote(self, zygote: Zygote) -> None:
+        """Drop a reaped zygote whose replies were all read (or are no longer awaited)."""
+        self._draining.remove(zygote)
+        zygote.sock.close()
+        for fd in zygote.spawns.values():
+            os.close(fd)  # requests it never answered: those workers do not exist
+        zygote.spawns.clear()
+        if not self._spawns_in_flight_anywhere():
+            self._early_exits.clear()
 
     def _stop_zygote(self, zygote: Zygote) -> None:
+        zygote.stopping = True
         try:
             zygote.sock.send(b"exit")
         except OSError:
@@ -510,13 +586,21 @@ class Master:
                 self._zygote_exited(self.zygotes.pop(pid), code)
             elif pid in self.workers:
                 self._worker_exited(self.workers.pop(pid), code)
+            elif self._spawns_in_flight_anywhere():
+                # Perhaps a worker whose zygote's report is still unread; else an
+                # intermediate process that outlived its zygote.
+                self._early_exits[pid] = code
 
     def _zygote_exited(self, zygote: Zygote, code: int) -> None:
-        zygote.sock.close()
-        for gen, fd in [p for p in self._unclaimed_pipes if p[0] == zygote.generation]:
-            self._unclaimed_pipes.remove((gen, fd))
-            os.close(fd)
-        if self.stopping or (zygote.generation < self.generation and zygote.ready):
+        # Its socket is read to the end before it is closed: the "pid" replies it (or an
+        # intermediate process) sent before exiting may still be queued there, and a
+        # worker whose reply was dropped would serve on, unknown to the master.
+        self._draining.append(zygote)
+        while self._read_zygote(zygote):
+            pass
+        if self.stopping or zygote.stopping or zygote.generation not in (self.generation, self.pending):
+            # Told to exit (superseded, reload aborted, shutting down): never restarted.
+            error_log.info("Zygote %d exited (%s)", zygote.pid, _describe_exit(code))
             return
         if code == ExitCode.APP_LOAD or not zygote.ready:
             self._load_failed(zygote.generation, f"zygote {zygote.pid}", code)
@@ -534,6 +618,16 @@ class Master:
             error_log.error("Worker %d killed by the watchdog (%s)", worker.pid, reason)
         else:
             error_log.error("Worker %d died unexpectedly (%s)", worker.pid, reason)
+        if not worker.ready and worker.generation == self.pending:
+            # Whatever killed it (an import error, os._exit() or a crash during the
+            # import, the watchdog), the new code does not serve: keep the old workers
+            # rather than crash-loop on it.
+            if code == ExitCode.APP_LOAD:
+                why = f"the application failed to load in worker {worker.pid}"
+            else:
+                why = f"worker {worker.pid} exited before it served ({reason})"
+            self._abort_generation(worker.generation, why)
+            return
         if not worker.ready and code == ExitCode.APP_LOAD:
             self._load_failed(worker.generation, f"worker {worker.pid}", code)
             return
@@ -672,38 +766,73 @@ def zygote_process(
 
     Each worker is forked through a short-lived intermediate process, so that it is
     orphaned at once and re-parented to the master (the child subreaper), which reaps
-    it; the intermediate reports the worker's PID.
+    it; the intermediate reports the worker's PID, with the number of the request
+    (``spawn N MAX_REQUESTS`` -> ``pid N PID``). SIGUSR1 reopens the error log, so that
+    the workers forked after a log rotation write to the new file.
     """
     faulthandler.enable(all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reopen_requested = False
+
+    def record_usr1(signum: int, frame: object) -> None:
+        # Only record: the loop below reopens the log (rule 2).
+        nonlocal reopen_requested
+        reopen_requested = True
+
+    # The wakeup pipe makes the poll below return on a signal (PEP 475 retries it).
+    wake_r, wake_w = _pipe()
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGUSR1, record_usr1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # see _fork()
     try:
         app = load_app(config.app or "")
     except AppLoadError as exc:
         error_log.error("%s%s", exc, f"\n{exc.detail.rstrip()}" if exc.detail else "")
         _flush_and_exit(ExitCode.APP_LOAD)
     sock.send(b"ok")
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     while True:
+        if reopen_requested:
+            reopen_requested = False
+            reopen_error_log()
+        events = dict(poller.poll())
+        if wake_r in events:
+            _drain(wake_r)
+        if sock.fileno() not in events:
+            continue
         try:
             message, fds, _, _ = socket.recv_fds(sock, 256, 1)
-        except InterruptedError:
-            continue
         except OSError:
             _flush_and_exit(0)
         if not message or message == b"exit":
             _flush_and_exit(0)
-        if not message.startswith(b"spawn ") or not fds:
+        fields = message.split()
+        if len(fields) != 3 or fields[0] != b"spawn" or not fds:
+            for fd in fds:
+                os.close(fd)
             continue
-        max_requests = int(message[6:])
-        middle = os.fork()
+        request, max_requests = int(fields[1]), int(fields[2])
+        if reopen_requested:
+            # A rotation came meanwhile: the new worker inherits the reopened log.
+            reopen_requested = False
+            reopen_error_log()
+        middle = _fork()
         if middle == 0:
-            worker = os.fork()
+            worker = _fork()
             if worker == 0:
                 try:
+                    # Nothing of the zygote's plumbing belongs to the worker.
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # blocked until it serves
+                    for fd in (wake_r, wake_w):
+                        _close_quietly(fd)
                     sock.close()
                     worker_process(config, sockets, Supervision(fds[0], master_pid, beat, max_requests), app)
                 finally:
                     os._exit(1)
-            sock.send(b"pid %d" % worker)
+            sock.send(b"pid %d %d" % (request, worker))
             os._exit(0)
         os.close(fds[0])
         while True:
@@ -724,6 +853,22 @@ def _flush_and_exit(code: int) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+def _fork() -> int:
+    """``os.fork()``, with SIGUSR1 blocked in the child until it handles the signal.
+
+    SIGUSR1 (reopen the logs) reaches workers and zygotes at any time, also while they
+    import the application: with the default action it would kill them, and the
+    parent's handler, inherited, would swallow it. Blocked, it stays pending until
+    the child unblocks it with its own handler in place (the worker's event loop, the
+    zygote's loop). The parent's mask is restored at once.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return pid
 
 
 def _pipe() -> tuple[int, int]:

@@ -2,14 +2,18 @@
 
 Contract: ``Worker(config, app, sockets).run()`` serves on already-bound listening
 sockets until it is told to stop, and returns the process exit status. It installs
-its own signal handling (SIGTERM/SIGINT: graceful, SIGQUIT: immediate); the handlers
-only record the signal, the loop acts on it. The supervisor of a multi-process server
+its own signal handling (SIGTERM/SIGINT: graceful, SIGQUIT: immediate, also in the
+middle of a graceful stop); the handlers only record the signal, set the context's
+``shutting_down`` flag (so that every response that starts after the signal carries
+``Connection: close``, even one an inline application is computing while the loop is
+blocked) and wake the loop, which acts on it. The supervisor of a multi-process server
 (master) reuses this class unchanged in each child process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -116,6 +120,9 @@ class Worker:
         self.errors = errors if errors is not None else sys.stderr
         self.supervision = supervision
         self._signal: int | None = None
+        #: Set by a SIGQUIT (or by SIGTERM/SIGINT when the worker stops immediately):
+        #: also ends a graceful stop that is already under way.
+        self._quick = False
         self._stuck_threads = 0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,13 +149,29 @@ class Worker:
             os._exit(status)
         return status
 
-    def _on_signal(self, signum: int) -> None:
-        # Only record the signal; _serve() acts on it.
+    def _on_signal(self, signum: int, frame: object = None) -> None:
+        # A Python-level handler: it runs in the main thread as soon as the signal
+        # arrives, even while an inline application blocks the loop (time.sleep, a
+        # blocking read). It only records the signal and sets flags; the loop acts.
         self._signal = signum
-        if self._stop is not None:
-            self._stop.set()
+        if signum == signal.SIGQUIT:
+            self._quick = True
+        ctx = self._ctx
+        if ctx is not None:
+            # A flag, not an action: a response the blocked application finishes now
+            # already says Connection: close; ctx.shutdown() runs from the loop.
+            ctx.shutting_down = True
+        loop = self._loop
+        if loop is not None and self._stop is not None:
+            # Safe from a signal handler (asyncio documents it; uvloop appends to a
+            # deque and pokes a libuv async handle). The loop is closed only once the
+            # worker has stopped, when there is nothing left to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop.set)
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _install_signals(self) -> None:
+        loop = self._loop
+        assert loop is not None
         stops = [signal.SIGTERM, signal.SIGQUIT]
         if self.supervision is None:
             stops.append(signal.SIGINT)
@@ -159,8 +182,16 @@ class Worker:
             signal.signal(signal.SIGTTIN, signal.SIG_IGN)
             signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         for signum in stops:
-            loop.add_signal_handler(signum, self._on_signal, signum)
+            # signal.signal rather than loop.add_signal_handler: the loop's handler
+            # runs only once the loop turns, after the data already queued (a blocked
+            # inline application's response, a request that arrived meanwhile) has
+            # been handled without knowing that the worker is stopping.
+            signal.signal(signum, self._on_signal)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        # The master forks its children with SIGUSR1 blocked (a log rotation during
+        # the application's import would otherwise kill them): the handler is in
+        # place now, so a pending one is delivered here, and later ones as they come.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
     def _reopen_logs(self) -> None:
         ctx = self._ctx
@@ -181,7 +212,7 @@ class Worker:
         config = self.config
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._install_signals(loop)
+        self._install_signals()
         clock = Clock(server="rapidwsgi" if config.server_header else None, date=config.date_header)
         access_log = (
             AccessLog(config.access_logfile, config.access_logformat, clock)
@@ -215,6 +246,8 @@ class Worker:
             on_request_done=self._request_done if self.supervision is not None else None,
         )
         self._ctx = ctx
+        if self._signal is not None:
+            ctx.shutting_down = True  # a signal came while the context was being built
         servers = []
         for index, sock in enumerate(self._listening_sockets()):
             wire = WIRE_PROTOCOLS[config.protocol_for(index)]
@@ -235,7 +268,7 @@ class Worker:
             self._every(self.supervision.beat_interval, self._beat)
         await self._stop.wait()
 
-        graceful = self._signal != signal.SIGQUIT
+        graceful = not self._quick
         error_log.info(
             "Worker shutting down (%s)%s",
             signal.Signals(self._signal).name if self._signal else "stop",
@@ -246,9 +279,13 @@ class Worker:
         ctx.shutdown()
         if graceful:
             deadline = time.monotonic() + config.graceful_timeout
-            while ctx.connections and time.monotonic() < deadline:
+            # A SIGQUIT now (the master's "stop at once", e.g. a second Ctrl-C) ends
+            # the wait: what is left is aborted below.
+            while ctx.connections and time.monotonic() < deadline and not self._quick:
                 await asyncio.sleep(0.05)
                 ctx.check_timeouts(time.monotonic())
+            if self._quick and ctx.connections:
+                error_log.info("Stopping at once (SIGQUIT): %d connection(s) cut", len(ctx.connections))
         for conn in list(ctx.connections):
             conn.abort()
         for timer in self._timers:
