@@ -3,7 +3,7 @@
 :class:`Nginx` starts ``/usr/sbin/nginx`` (never the system service) in the foreground
 with a generated configuration under a temporary prefix: it listens on a free
 127.0.0.1 port and passes every request to one rapidwsgi server in one of three modes,
-after deploy/nginx/*.conf:
+with the `location /` of deploy/nginx/*.conf itself:
 
 * ``proxy``: ``proxy_pass`` over HTTP/1.1 with upstream keep-alive and X-Forwarded-*;
 * ``uwsgi``: ``uwsgi_pass`` (``include uwsgi_params``), one request per connection;
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,33 +101,24 @@ def _upstream_server(upstream: tuple[str, int] | str) -> str:
     return f"{upstream[0]}:{upstream[1]}"
 
 
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
+
+
 def location_block(mode: str, https: bool) -> str:
-    """The ``location /`` of each mode (deploy/nginx/<mode>.conf, plus the https variant)."""
-    if mode == "proxy":
-        proto = "https" if https else "$scheme"
-        return f"""
-            proxy_pass http://rapidwsgi;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto {proto};
-            proxy_set_header X-Forwarded-Host $host;
-        """
-    if mode == "uwsgi":
-        return f"""
-            include uwsgi_params;
-            {"uwsgi_param HTTPS on;" if https else ""}
-            uwsgi_pass rapidwsgi;
-        """
-    if mode == "fastcgi":
-        return f"""
-            include fastcgi_params;
-            {"fastcgi_param HTTPS on;" if https else ""}
-            fastcgi_keep_conn on;
-            fastcgi_pass rapidwsgi;
-        """
-    raise ValueError(f"unknown nginx mode {mode!r}")
+    """The ``location /`` of deploy/nginx/<mode>.conf, verbatim but for the upstream's
+    name (so the shipped configurations are what these tests run), plus, with
+    ``https``, what nginx would say behind TLS."""
+    text = (DEPLOY / f"{mode}.conf").read_text()
+    found = re.search(r"^    location / \{\n(.*?)^    \}", text, re.M | re.S)
+    if found is None:
+        raise ValueError(f"no 'location /' block in {DEPLOY / mode}.conf")
+    body = re.sub(r"\brapidwsgi_(?:http|uwsgi|fastcgi)\b", "rapidwsgi", found.group(1))
+    if https:
+        if mode == "proxy":
+            body = body.replace("X-Forwarded-Proto $scheme", "X-Forwarded-Proto https")
+        else:
+            body += f"        {mode}_param HTTPS on;\n"
+    return body
 
 
 def render_config(prefix: Path, port: int, mode: str, upstream: tuple[str, int] | str, https: bool) -> str:
