@@ -218,7 +218,8 @@ class Config:
         False,
         help="Give each worker its own SO_REUSEPORT listening socket (TCP only) instead of "
         "sharing the master's: the kernel balances connections, but a worker that exits "
-        "resets the connections still queued on its socket.",
+        "resets the connections still queued on its socket unless the sysctl "
+        "net.ipv4.tcp_migrate_req is 1 (Linux >= 5.14; the master warns when it is not).",
         section="Worker",
     )
     max_requests: int = setting(

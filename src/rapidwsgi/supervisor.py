@@ -185,6 +185,13 @@ class Master:
             "s" if self.num_workers != 1 else "",
             ", preloaded" if self.config.preload else "",
         )
+        if self.config.reuse_port and not _kernel_migrates_queued_connections():
+            error_log.warning(
+                "--reuse-port: connections queued on the socket of a worker that stops (reload, "
+                "--max-requests, a crash) are reset by the kernel; set the sysctl %s=1 "
+                "(Linux >= 5.14) to have them handed to another worker",
+                TCP_MIGRATE_REQ.replace("/proc/sys/", "").replace("/", "."),
+            )
         if self.config.preload:
             self._start_zygote(self.generation)
         try:
@@ -853,6 +860,19 @@ def _flush_and_exit(code: int) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+#: Linux >= 5.14 moves the queued connections of a closed SO_REUSEPORT listener to
+#: another listener of the group when this (per network namespace) sysctl is 1.
+TCP_MIGRATE_REQ: Final = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def _kernel_migrates_queued_connections() -> bool:
+    try:
+        with open(TCP_MIGRATE_REQ) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def _fork() -> int:
