@@ -27,7 +27,7 @@ SOURCE_MODE = os.environ.get("RAPIDWSGI_TEST_SOURCE") == "1"
 if SOURCE_MODE:
     sys.path.insert(0, str(ROOT / "src"))
 _SERVING = re.compile(r"Worker \d+ serving")
-_LISTENING = re.compile(r"Listening at: (http://\[?([^\]\s]+?)\]?:(\d+)|unix:(\S+)) \(")
+_LISTENING = re.compile(r"Listening at: (https?://\[?([^\]\s]+?)\]?:(\d+)|unix:(\S+)) \(")
 
 
 def _child_setup(env: dict[str, str], hook: Callable[[], None]) -> None:

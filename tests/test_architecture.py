@@ -34,6 +34,7 @@ RANKS = {
     "rapidwsgi.sockets": 5,
     "rapidwsgi.config": 5,
     "rapidwsgi.loader": 5,
+    "rapidwsgi.tls": 5.5,  # above config, below worker and cli
     "rapidwsgi.worker": 6,
     "rapidwsgi.reloader": 6,
     "rapidwsgi.supervisor": 7,

@@ -22,6 +22,7 @@ from .errors import BindError, ConfigError, ExitCode
 from .log import error_log, setup_error_log
 from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
 from .supervisor import Master
+from .tls import server_context
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if path.strip():
                 sys.path.insert(0, os.path.abspath(path.strip()))
 
+    try:
+        server_context(config)  # a certificate or key that does not load: an error now
+    except ConfigError as exc:
+        error_log.error("%s", exc)
+        return ExitCode.USAGE
     try:
         sockets, created = open_sockets(config)
     except BindError as exc:

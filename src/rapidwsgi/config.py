@@ -73,6 +73,11 @@ def _octal(text: str) -> int:
 PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
 
 
+def _cert_reqs(text: str) -> str:
+    text = text.strip().lower()
+    return {"0": "none", "1": "optional", "2": "required"}.get(text, text)
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -192,6 +197,39 @@ class Config:
         section="Server socket",
         parse=_octal,
         validate=_umask,
+    )
+    certfile: str | None = setting(
+        None,
+        help="TLS certificate (PEM, the chain after the leaf) for the http listeners: they serve "
+        "HTTPS. Workers load it when they start, so a reload (SIGHUP) picks up a renewed file.",
+        section="TLS",
+        metavar="FILE",
+    )
+    keyfile: str | None = setting(
+        None,
+        help="Private key of --certfile (PEM), if not in the certificate file.",
+        section="TLS",
+        metavar="FILE",
+    )
+    ca_certs: str | None = setting(
+        None,
+        help="CA certificates (PEM) to verify client certificates with (see --cert-reqs).",
+        section="TLS",
+        metavar="FILE",
+    )
+    cert_reqs: str = setting(
+        "none",
+        help="Client certificates: none (not asked), optional (verified if sent) or required "
+        "(the handshake fails without a valid one). gunicorn's 0/1/2 mean the same.",
+        section="TLS",
+        parse=_cert_reqs,
+        choices=("none", "optional", "required"),
+    )
+    ciphers: str | None = setting(
+        None,
+        help="OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults); default: "
+        "Python's ssl defaults.",
+        section="TLS",
     )
     workers: int = setting(
         1,
@@ -380,6 +418,10 @@ class Config:
         """The ``--protocol`` of the ``index``-th listening socket."""
         return self.protocol[index] if len(self.protocol) > 1 else self.protocol[0]
 
+    def tls_for(self, index: int) -> bool:
+        """Whether the ``index``-th listening socket serves TLS (an http one, with --certfile)."""
+        return bool(self.certfile) and self.protocol_for(index) == "http"
+
     # ------------------------------------------------------------------ loading
 
     @classmethod
@@ -413,6 +455,12 @@ class Config:
                 problem = check(value)
                 if problem:
                     raise ConfigError(f"{_flag(f)}: {problem} (got {value!r})")
+        if (config.keyfile or config.ca_certs or config.ciphers) and not config.certfile:
+            raise ConfigError("--keyfile, --ca-certs and --ciphers need --certfile (TLS is off without it)")
+        if config.cert_reqs != "none" and not config.ca_certs:
+            raise ConfigError(
+                f"--cert-reqs {config.cert_reqs}: client certificates need --ca-certs to verify them"
+            )
         if len(config.protocol) not in (1, len(config.bind)):
             raise ConfigError(
                 f"--protocol: give one for all binds or one per --bind ({len(config.bind)}), "

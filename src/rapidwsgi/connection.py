@@ -185,11 +185,16 @@ class HTTPConnection:
     """asyncio protocol for one HTTP/1.1 client connection (see the module docstring)."""
 
     def __init__(
-        self, ctx: ServerContext, wire_factory: Callable[[Limits], ServerConnection] = H1Connection
+        self,
+        ctx: ServerContext,
+        wire_factory: Callable[[Limits], ServerConnection] = H1Connection,
+        tls: bool = False,
     ) -> None:
         self.ctx = ctx
         self.wire = wire_factory(ctx.limits)
-        self._raw_ok = self.wire.RAW_BODY_OK
+        # Over TLS the bytes must pass through the TLS layer: no sendfile.
+        self._raw_ok = self.wire.RAW_BODY_OK and not tls
+        self._tls = tls
         self._forwarding = False  # apply X-Forwarded-* / Forwarded (a trusted HTTP peer)
         self._peer_trusted = False
         self._proxy_pending = False  # waiting for a PROXY protocol header
@@ -235,6 +240,9 @@ class HTTPConnection:
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
         self._environ_base = connection_environ(ctx.base_environ, self.transport)
+        if self._tls:
+            self._environ_base["wsgi.url_scheme"] = "https"
+            self._environ_base["HTTPS"] = "on"
         peer = self._environ_base["REMOTE_ADDR"] or "unix"
         self._peer_trusted = peer in ctx.trusted
         self._forwarding = self._peer_trusted and not self.wire.GATEWAY

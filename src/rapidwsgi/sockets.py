@@ -175,13 +175,15 @@ def _format(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def describe(sock: socket.socket) -> str:
-    """A URL-ish name for a listening socket, e.g. ``http://127.0.0.1:8000``."""
+def describe(sock: socket.socket, tls: bool = False) -> str:
+    """A URL-ish name for a listening socket, e.g. ``http://127.0.0.1:8000`` (``https://``
+    when it serves TLS)."""
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
-        return f"unix:{name if isinstance(name, str) else name.decode()}"
+        path = name if isinstance(name, str) else name.decode()
+        return f"unix:{path}" + (" (TLS)" if tls else "")
     host, port = name[0], name[1]
-    return f"http://{_format(host, port)}"
+    return f"{'https' if tls else 'http'}://{_format(host, port)}"
 
 
 def reuse_port_twin(sock: socket.socket, backlog: int) -> socket.socket:

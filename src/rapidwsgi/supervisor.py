@@ -177,8 +177,8 @@ class Master:
             self._become_subreaper()
         self._write_pidfile()
         error_log.info("Starting rapidwsgi %s (master %d)", __version__, self.pid)
-        for sock in self.sockets:
-            error_log.info("Listening at: %s (%d)", describe(sock), self.pid)
+        for index, sock in enumerate(self.sockets):
+            error_log.info("Listening at: %s (%d)", describe(sock, self.config.tls_for(index)), self.pid)
         error_log.info(
             "Using %d worker%s%s",
             self.num_workers,

@@ -34,6 +34,7 @@ from .protocols.fastcgi import FastCGIConnection
 from .protocols.http1 import H1Connection
 from .protocols.uwsgi import UwsgiConnection
 from .sockets import describe, reuse_port_twin
+from .tls import server_context
 from .wsgi import Environ, FileWrapper, WSGIApp
 
 TICK: Final = 1.0
@@ -249,13 +250,31 @@ class Worker:
         if self._signal is not None:
             ctx.shutting_down = True  # a signal came while the context was being built
         servers = []
+        # Loaded here, in each worker, so that a reload picks up renewed certificate files
+        # (the master already checked that they load).
+        tls = server_context(config)
         for index, sock in enumerate(self._listening_sockets()):
             wire = WIRE_PROTOCOLS[config.protocol_for(index)]
+            secure = tls is not None and config.tls_for(index)
             # HTTPConnection implements the Protocol API without subclassing asyncio.Protocol.
-            factory = cast(Callable[[], asyncio.BaseProtocol], functools.partial(HTTPConnection, ctx, wire))
-            servers.append(await loop.create_server(factory, sock=sock, backlog=config.backlog))
+            factory = cast(
+                Callable[[], asyncio.BaseProtocol], functools.partial(HTTPConnection, ctx, wire, secure)
+            )
+            if secure:
+                # The handshake is bounded like a request head: a client that opens a
+                # connection and stays silent holds it no longer.
+                server = await loop.create_server(
+                    factory,
+                    sock=sock,
+                    backlog=config.backlog,
+                    ssl=tls,
+                    ssl_handshake_timeout=config.header_timeout,
+                )
+            else:
+                server = await loop.create_server(factory, sock=sock, backlog=config.backlog)
+            servers.append(server)
             if self.supervision is None:
-                error_log.info("Listening at: %s (%d)", describe(sock), os.getpid())
+                error_log.info("Listening at: %s (%d)", describe(sock, secure), os.getpid())
         error_log.info(
             "Serving %s with %s, %s",
             config.app,
