@@ -247,3 +247,23 @@ def test_gunicorn_cert_reqs_numbers_mean_the_named_modes() -> None:
         ["--certfile", "c.pem", "--ca-certs", "ca.pem", "--cert-reqs", "1", "app:app"], environ={}
     )
     assert config.cert_reqs == "optional"
+
+
+def test_a_reload_keeps_the_certificate_loaded_at_start_when_the_files_are_gone(
+    start_server: Start, pki: Pki, tmp_path: Path
+) -> None:
+    """Like a key readable only by root after --user: the new worker cannot load the
+    files, says so, and serves the context the master loaded at start."""
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copyfile(pki.certfile, certfile)
+    shutil.copyfile(pki.keyfile, keyfile)
+    server = start_server("apps:app", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    certfile.unlink()
+    keyfile.unlink()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Worker generation 2 serving", timeout=20)
+    assert "cannot load the certificate and key" in server.stderr
+    assert "serving the certificate loaded at start" in server.stderr
+    status, body, conn = https(server, client_context(pki))
+    conn.close()
+    assert (status, body) == (200, b"Hello, world!")

@@ -22,7 +22,7 @@ from .errors import BindError, ConfigError, ExitCode
 from .log import error_log, setup_error_log
 from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
 from .supervisor import Master
-from .tls import server_context
+from .tls import load_at_start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.path.insert(0, os.path.abspath(path.strip()))
 
     try:
-        server_context(config)  # a certificate or key that does not load: an error now
+        load_at_start(config)  # a certificate or key that does not load: an error now
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE

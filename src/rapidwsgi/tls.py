@@ -3,10 +3,12 @@
 Contract: :func:`server_context` returns the ``ssl.SSLContext`` every HTTP listener of a
 worker serves with, or None without ``--certfile``; a certificate, key or CA file that
 cannot be loaded raises :class:`~rapidwsgi.errors.ConfigError` with a one-line reason.
-The master calls it once before forking (so a bad file is an error at start, not a crash
-loop); every worker builds its own context, so a reload (SIGHUP) picks up renewed
-certificate files without a restart. uwsgi and FastCGI listeners are never wrapped: their
-peer is a gateway on a trusted link.
+The master calls :func:`load_at_start` before it forks and before ``--user`` drops
+privileges (a bad file is an error at start, not a crash loop); every worker calls
+:func:`worker_context`, which loads the files again, so a reload (SIGHUP) picks up renewed
+certificates, and falls back to the context loaded at start (inherited through fork)
+when they cannot be read any more (a key readable only by root). uwsgi and FastCGI
+listeners are never wrapped: their peer is a gateway on a trusted link.
 """
 
 from __future__ import annotations
@@ -51,6 +53,27 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     # Only HTTP/1.1 is spoken: a client offering h2 by ALPN must not assume it.
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+_at_start: ssl.SSLContext | None = None
+
+
+def load_at_start(config: Config) -> ssl.SSLContext | None:
+    """:func:`server_context`, kept for :func:`worker_context` (the master, before forking)."""
+    global _at_start
+    _at_start = server_context(config)
+    return _at_start
+
+
+def worker_context(config: Config) -> tuple[ssl.SSLContext | None, str | None]:
+    """The context for a starting worker: freshly loaded, or else the one loaded at start
+    (with the reason why the files could not be loaded again)."""
+    try:
+        return server_context(config), None
+    except ConfigError as exc:
+        if _at_start is None:
+            raise
+        return _at_start, str(exc)
 
 
 def _reason(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ from .protocols.fastcgi import FastCGIConnection
 from .protocols.http1 import H1Connection
 from .protocols.uwsgi import UwsgiConnection
 from .sockets import describe, reuse_port_twin
-from .tls import server_context
+from .tls import worker_context
 from .wsgi import Environ, FileWrapper, WSGIApp
 
 TICK: Final = 1.0
@@ -252,7 +252,9 @@ class Worker:
         servers = []
         # Loaded here, in each worker, so that a reload picks up renewed certificate files
         # (the master already checked that they load).
-        tls = server_context(config)
+        tls, problem = worker_context(config)
+        if problem:
+            error_log.warning("%s; serving the certificate loaded at start", problem)
         for index, sock in enumerate(self._listening_sockets()):
             wire = WIRE_PROTOCOLS[config.protocol_for(index)]
             secure = tls is not None and config.tls_for(index)
