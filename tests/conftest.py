@@ -18,8 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.rawhttp import ServerPool
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -195,3 +199,22 @@ def start_server() -> Iterator[type[ServerProcess]]:
     for server in started:
         with contextlib.suppress(Exception):
             server.stop(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    """Servers shared by the tests of one module (:class:`tests.rawhttp.ServerPool`)."""
+    from tests.rawhttp import ServerPool  # rawhttp is a plain helper module, not a plugin
+
+    servers = ServerPool(ServerProcess, tmp_path_factory.mktemp("sockets"))
+    yield servers
+    servers.stop_all()
+
+
+@pytest.fixture
+def servers_survive(pool: ServerPool) -> Iterator[None]:
+    """Fails the test after which a pooled server was found dead (the test killed it).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("servers_survive")``."""
+    yield
+    dead = pool.take_dead()
+    assert not dead, "a server process died during this test:\n" + "\n".join(dead)

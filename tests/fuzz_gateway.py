@@ -50,7 +50,7 @@ from rapidwsgi.protocols.fastcgi import (
     record,
 )
 from rapidwsgi.protocols.uwsgi import UwsgiConnection
-from tests.fuzz_http1 import split_at
+from tests.fuzz_http1 import run_atheris, split_at
 
 #: Every status a RemoteProtocolError from a gateway decoder may carry.
 ALLOWED_STATUSES = frozenset({400, 413, 414, 431})
@@ -388,20 +388,7 @@ def fuzz_one_input(raw: bytes) -> None:
 
 
 def main(argv: list[str]) -> None:
-    import tempfile
-
-    import atheris  # type: ignore[import-not-found]
-
-    atheris.instrument_all()
-    args = list(argv)
-    if not any(not a.startswith("-") for a in args[1:]):
-        corpus = Path(tempfile.mkdtemp(prefix="fuzz_gateway_corpus_"))
-        for i, seed in enumerate(seed_inputs()):
-            (corpus / f"seed{i:04d}").write_bytes(seed)
-        print(f"fuzz_gateway: seed corpus in {corpus}", file=sys.stderr)
-        args.append(str(corpus))
-    atheris.Setup(args, fuzz_one_input)
-    atheris.Fuzz()
+    run_atheris("fuzz_gateway", argv, seed_inputs(), fuzz_one_input)
 
 
 if __name__ == "__main__":

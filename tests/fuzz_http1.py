@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -347,7 +347,9 @@ def seed_inputs() -> list[bytes]:
     return seeds
 
 
-def main(argv: list[str]) -> None:
+def run_atheris(name: str, argv: list[str], seeds: list[bytes], one_input: Callable[[bytes], None]) -> None:
+    """Run ``one_input`` under atheris (libFuzzer); without a corpus directory on the
+    command line, one is made from ``seeds`` in a temporary directory."""
     import tempfile
 
     import atheris  # type: ignore[import-untyped]
@@ -355,13 +357,17 @@ def main(argv: list[str]) -> None:
     atheris.instrument_all()
     args = list(argv)
     if not any(not a.startswith("-") for a in args[1:]):
-        corpus = Path(tempfile.mkdtemp(prefix="fuzz_http1_corpus_"))
-        for i, seed in enumerate(seed_inputs()):
+        corpus = Path(tempfile.mkdtemp(prefix=f"{name}_corpus_"))
+        for i, seed in enumerate(seeds):
             (corpus / f"seed{i:04d}").write_bytes(seed)
-        print(f"fuzz_http1: seed corpus in {corpus}", file=sys.stderr)
+        print(f"{name}: seed corpus in {corpus}", file=sys.stderr)
         args.append(str(corpus))
-    atheris.Setup(args, fuzz_one_input)
+    atheris.Setup(args, one_input)
     atheris.Fuzz()
+
+
+def main(argv: list[str]) -> None:
+    run_atheris("fuzz_http1", argv, seed_inputs(), fuzz_one_input)
 
 
 if __name__ == "__main__":

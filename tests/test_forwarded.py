@@ -12,7 +12,6 @@ import ipaddress
 import json
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -177,18 +176,7 @@ def test_rfc7239_forwarded_without_pairs_is_ignored() -> None:
 UNTRUSTING = ("--forwarded-allow-ips", "10.0.0.1")
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    servers = ServerPool(ServerProcess, tmp_path_factory.mktemp("fwd"))
-    yield servers
-    servers.stop_all()
-
-
-@pytest.fixture(autouse=True)
-def _servers_survive(pool: ServerPool) -> Iterator[None]:
-    yield
-    dead = pool.take_dead()
-    assert not dead, "a server process died during this test:\n" + "\n".join(dead)
+pytestmark = pytest.mark.usefixtures("servers_survive")  # pool: conftest.py
 
 
 def environ_of(server: ServerProcess, request: bytes, prefix: bytes = b"") -> dict[str, Any]:

@@ -13,7 +13,6 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -35,18 +34,7 @@ MODES = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
 LIMITS = ("--limit-request-line", "100", "--limit-request-fields", "5", "--limit-request-body", "10")
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    servers = ServerPool(ServerProcess, tmp_path_factory.mktemp("sockets"))
-    yield servers
-    servers.stop_all()
-
-
-@pytest.fixture(autouse=True)
-def _servers_survive(pool: ServerPool) -> Iterator[None]:
-    yield
-    dead = pool.take_dead()
-    assert not dead, "a server process died during this test:\n" + "\n".join(dead)
+pytestmark = pytest.mark.usefixtures("servers_survive")  # pool: conftest.py
 
 
 @pytest.fixture(params=["inline", "threaded"])

@@ -12,7 +12,6 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,18 +25,7 @@ TIMEOUTS = ("--keep-alive", "1", "--header-timeout", "1", "--body-timeout", "1",
 GIVE_UP = 8.0
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    servers = ServerPool(ServerProcess, tmp_path_factory.mktemp("sockets"))
-    yield servers
-    servers.stop_all()
-
-
-@pytest.fixture(autouse=True)
-def _servers_survive(pool: ServerPool) -> Iterator[None]:
-    yield
-    dead = pool.take_dead()
-    assert not dead, "a server process died during this test:\n" + "\n".join(dead)
+pytestmark = pytest.mark.usefixtures("servers_survive")  # pool: conftest.py
 
 
 @pytest.fixture(params=["inline", "threaded"])

@@ -15,7 +15,6 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,7 @@ MODES = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    servers = ServerPool(ServerProcess, tmp_path_factory.mktemp("sockets"))
-    yield servers
-    servers.stop_all()
-
-
-@pytest.fixture(autouse=True)
-def _servers_survive(pool: ServerPool) -> Iterator[None]:
-    yield
-    dead = pool.take_dead()
-    assert not dead, "a server process died during this test:\n" + "\n".join(dead)
+pytestmark = pytest.mark.usefixtures("servers_survive")  # pool: conftest.py
 
 
 @pytest.fixture(params=["inline", "threaded"])

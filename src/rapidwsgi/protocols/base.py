@@ -339,3 +339,29 @@ class ServerConnection:
         self._resp_keep_alive = True
         self._body_mode = NO_BODY
         self._head_request = False
+
+
+class GatewayConnection(ServerConnection):
+    """What the gateway front-ends (uwsgi, FastCGI) share: the peer is a gateway passing
+    CGI variables, and received bytes wait in one buffer until a whole unit (packet,
+    record) can be decoded."""
+
+    GATEWAY = True
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        super().__init__(limits)
+        self._buf = b""
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+        elif self.their_state is not ERROR:
+            self._buf = data if not self._buf else self._buf + data

@@ -50,7 +50,7 @@ from ._state import (
     SEND_BODY,
     THEIR_TRANSITIONS,
 )
-from .base import LENGTH, NO_BODY, Limits, ServerConnection
+from .base import LENGTH, NO_BODY, GatewayConnection, Limits
 from .cgi import request_from_cgi
 
 VERSION: Final = 1
@@ -139,16 +139,14 @@ _IN_PARAMS: Final = 1
 _IN_STDIN: Final = 2
 
 
-class FastCGIConnection(ServerConnection):
+class FastCGIConnection(GatewayConnection):
     """One FastCGI connection, requests one at a time (see the module docstring)."""
 
     SELF_DELIMITING = True  # END_REQUEST ends a body without a length
-    GATEWAY = True
     RAW_BODY_OK = False  # bodies travel in records: no sendfile
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits)
-        self._buf = b""
         self._phase = _WAIT_BEGIN
         self._request_id = 0
         self._keep_conn = False
@@ -158,14 +156,6 @@ class FastCGIConnection(ServerConnection):
         self._declared: int | None = None
 
     # -- inspection
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._buf)
 
     @property
     def can_answer_error(self) -> bool:
@@ -178,12 +168,6 @@ class FastCGIConnection(ServerConnection):
         return self.their_state is IDLE and (bool(self._buf) or self._phase != _WAIT_BEGIN)
 
     # -- receiving
-
-    def receive_data(self, data: bytes) -> None:
-        if not data:
-            self._eof = True
-        elif self.their_state is not ERROR:
-            self._buf = data if not self._buf else self._buf + data
 
     def next_event(self) -> Request | Data | EndOfMessage | ConnectionClosed | _Sentinel | Reply:
         state = self.their_state

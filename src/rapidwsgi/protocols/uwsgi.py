@@ -20,7 +20,7 @@ from typing import Final
 from ..errors import BadRequest, RemoteProtocolError
 from ..events import NEED_DATA, PAUSED, ConnectionClosed, Data, EndOfMessage, Request, _Sentinel
 from ._state import DONE, ERROR, EV_CLOSED, IDLE, MUST_CLOSE, SEND_BODY, THEIR_TRANSITIONS
-from .base import Limits, ServerConnection
+from .base import GatewayConnection
 from .cgi import request_from_cgi
 
 HEADER_SIZE: Final = 4
@@ -49,36 +49,16 @@ def parse_vars(block: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-class UwsgiConnection(ServerConnection):
+class UwsgiConnection(GatewayConnection):
     """One uwsgi connection: one request, then close (see the module docstring)."""
 
-    GATEWAY = True
-
-    def __init__(self, limits: Limits | None = None) -> None:
-        super().__init__(limits)
-        self._buf = b""
-
     # -- inspection
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._buf)
 
     @property
     def receiving_head(self) -> bool:
         return self.their_state is IDLE and bool(self._buf)
 
     # -- receiving
-
-    def receive_data(self, data: bytes) -> None:
-        if not data:
-            self._eof = True
-        elif self.their_state is not ERROR:
-            self._buf = data if not self._buf else self._buf + data
 
     def next_event(self) -> Request | Data | EndOfMessage | ConnectionClosed | _Sentinel:
         state = self.their_state
