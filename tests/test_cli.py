@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -518,3 +519,28 @@ def test_sigterm_exits_once_the_graceful_timeout_expires_with_a_request_still_ru
         server.signal(signal.SIGTERM)
         assert conn.is_closed(wait=4), "the unfinished connection was not dropped"
         assert _exit_status_within(server, 3) == 0, "the process outlived its graceful timeout"
+
+
+def _soft_open_files_limit_64() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 4096))
+
+
+def test_soft_open_files_limit_is_raised_so_more_clients_than_it_allows_are_served(
+    start_server: Starter,
+) -> None:
+    """Started with a soft limit of 64 descriptors (hard 4096), the server still serves 300
+    concurrent connections: it raises its soft limit to the hard one at start."""
+    server = start_server("apps:app", preexec_fn=_soft_open_files_limit_64)
+    host, port = server.address  # type: ignore[misc]
+    conns = [socket.create_connection((host, port), timeout=10) for _ in range(300)]
+    try:
+        for conn in conns:  # every connection is open at once before any request
+            conn.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = [conn.recv(4096) for conn in conns]
+    finally:
+        for conn in conns:
+            conn.close()
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
+    with open(f"/proc/{server.worker_pid}/limits") as limits:
+        line = next(line for line in limits if line.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"]

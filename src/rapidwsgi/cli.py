@@ -12,10 +12,11 @@ import contextlib
 import grp
 import os
 import pwd
+import resource
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from .config import Config, build_parser
 from .errors import BindError, ConfigError, ExitCode
@@ -67,12 +68,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.loop in ("auto", "uvloop"):
         with contextlib.suppress(ImportError):
             import uvloop  # noqa: F401
+    raise_open_files_limit()
     try:
         drop_privileges(config, sockets, created)
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE
     return Master(config, sockets, unlink_at_exit=created).run()
+
+
+#: Never ask for more descriptors than this, even when the hard limit is unlimited.
+MAX_OPEN_FILES: Final = 1 << 20
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit (the workers inherit it).
+
+    Every connection is a file descriptor: with the common soft limit of 1024, a worker
+    would fail to accept the 1000th concurrent client (EMFILE) although the hard limit
+    (often 524288 under systemd) allows far more. Raising the soft limit needs no privilege.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:  # e.g. above fs.nr_open
+            error_log.debug("cannot raise the open files limit to %d: %s", wanted, exc)
+            return
+        error_log.debug("Open files limit raised from %d to %d", soft, wanted)
 
 
 def open_sockets(config: Config) -> tuple[list[socket.socket], list[str]]:
