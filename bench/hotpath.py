@@ -1,6 +1,7 @@
 """Per-request CPU cost of the server's hot path, without sockets.
 
-Feeds a keep-alive GET (as wrk sends it) through ``HTTPConnection.data_received`` with a
+Feeds a keep-alive GET (as wrk sends it; with ``--connections`` a new connection per request,
+as ab sends them) through ``HTTPConnection.data_received`` with a
 fake transport and reports microseconds per request; ``--profile`` prints a cProfile
 table. Used to measure each hot-path change before/after (also under callgrind:
 ``valgrind --tool=callgrind python bench/hotpath.py -n 20000``).
@@ -46,7 +47,27 @@ class FakeTransport:
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
 
     def is_closing(self) -> bool:
-        return False
+        return self.closed
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
 
 def main() -> None:
@@ -54,6 +75,11 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200_000)
     parser.add_argument("--browser", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--connections",
+        action="store_true",
+        help="a new connection per request (Connection: close), as ab sends without -k",
+    )
     args = parser.parse_args()
     loop = asyncio.new_event_loop()
     ctx = ServerContext(
@@ -63,11 +89,27 @@ def main() -> None:
         limits=Limits(),
         clock=Clock(),
     )
-    conn = HTTPConnection(ctx)
-    transport = FakeTransport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
     request = BROWSER if args.browser else REQUEST
-    feed = conn.data_received
+    if args.connections:
+        closing = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+
+        transport = FakeTransport()  # counts the bytes of every connection
+
+        def one_connection(data: bytes) -> None:
+            conn = HTTPConnection(ctx)
+            own = FakeTransport()
+            conn.connection_made(own)  # type: ignore[arg-type]
+            conn.data_received(closing)
+            conn.eof_received()
+            conn.connection_lost(None)
+            transport.out += own.out
+
+        feed = one_connection
+    else:
+        conn = HTTPConnection(ctx)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        feed = conn.data_received
     for _ in range(1000):
         feed(request)
     if args.profile:
