@@ -476,10 +476,8 @@ class Master:
         return 1.0 if not timeout else max(0.05, min(1.0, timeout / 4))
 
     def _forget_in_child(self) -> None:
-        """In a freshly forked child: drop what belongs to the master."""
-        signal.set_wakeup_fd(-1)
-        for signum in _HANDLED_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+        """In a freshly forked child: drop what belongs to the master (its signal
+        handling is already reset by _fork)."""
         for fd in (self._wake_r, self._wake_w):
             _close_quietly(fd)
         for worker in self.workers.values():
@@ -875,20 +873,40 @@ def _kernel_migrates_queued_connections() -> bool:
         return False
 
 
-def _fork() -> int:
-    """``os.fork()``, with SIGUSR1 blocked in the child until it handles the signal.
+#: A new child's handling of the signals until it installs its own: a stop request
+#: (the master stopping a worker that is still importing the application, say)
+#: terminates it; terminal signals meant for the master are ignored.
+_CHILD_DEFAULT: Final = (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD)
+_CHILD_IGNORE: Final = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
 
-    SIGUSR1 (reopen the logs) reaches workers and zygotes at any time, also while they
-    import the application: with the default action it would kill them, and the
-    parent's handler, inherited, would swallow it. Blocked, it stays pending until
-    the child unblocks it with its own handler in place (the worker's event loop, the
-    zygote's loop). The parent's mask is restored at once.
+
+def _fork() -> int:
+    """``os.fork()`` for workers and zygotes: the child starts with its own signal
+    handling, not the master's.
+
+    Inherited, the parent's handlers would only queue a signal in the child's copy of
+    the parent's state, where nothing ever acts on it: a SIGTERM the master sends a worker
+    that is still importing the application would be swallowed, and that worker would
+    serve on. So the child resets them (``_CHILD_DEFAULT``, ``_CHILD_IGNORE``) and drops
+    the parent's wakeup fd; the signals stay blocked across the fork, so that one sent in
+    between is delivered only once the child's own handling is in place. SIGUSR1 (reopen
+    the logs) stays blocked in the child until it installs its handler (the worker's
+    event loop, the zygote's loop): its default action would kill the child. The
+    parent's mask is restored at once.
     """
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    blocked = {signal.SIGUSR1, *_CHILD_DEFAULT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     pid = os.fork()
     if pid != 0:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    return pid
+        return pid
+    signal.set_wakeup_fd(-1)
+    for signum in (*_CHILD_DEFAULT, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
+    for signum in _CHILD_IGNORE:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _CHILD_DEFAULT)
+    return 0
 
 
 def _pipe() -> tuple[int, int]:
