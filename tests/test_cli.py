@@ -544,3 +544,14 @@ def test_soft_open_files_limit_is_raised_so_more_clients_than_it_allows_are_serv
     with open(f"/proc/{server.worker_pid}/limits") as limits:
         line = next(line for line in limits if line.startswith("Max open files"))
     assert line.split()[3:5] == ["4096", "4096"]
+
+
+def test_help_exits_0_and_lists_every_setting_with_its_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rapidwsgi", "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    for flag in ("--bind", "--workers", "--access-logformat", "--certfile", "--forwarded-allow-ips"):
+        assert flag in result.stdout
+    assert "%(h)s" in result.stdout  # the access-log atoms are shown as written, not expanded

@@ -560,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
             group = groups[section] = parser.add_argument_group(section)
         hint = hints[f.name]
         base = _base_type(hint)
-        kwargs: dict[str, Any] = {"help": f.metadata["help"], "dest": f.name}
+        # argparse expands %-formats in help texts (%(default)s): a literal % (the
+        # access log atoms, %(h)s) must be doubled.
+        kwargs: dict[str, Any] = {"help": f.metadata["help"].replace("%", "%%"), "dest": f.name}
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
         if f.metadata["positional"]:
