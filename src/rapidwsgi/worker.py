@@ -40,6 +40,9 @@ from .wsgi import Environ, FileWrapper, WSGIApp
 TICK: Final = 1.0
 
 #: The wire protocol class for each ``--protocol`` name.
+#: Listening handles per socket: connections a worker accepts per loop iteration at most.
+ACCEPT_HANDLES: Final = 4
+
 WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = {
     "http": H1Connection,
     "uwsgi": UwsgiConnection,
@@ -262,19 +265,22 @@ class Worker:
             factory = cast(
                 Callable[[], asyncio.BaseProtocol], functools.partial(HTTPConnection, ctx, wire, secure)
             )
-            if secure:
-                # The handshake is bounded like a request head: a client that opens a
-                # connection and stays silent holds it no longer.
+            # The TLS handshake is bounded like a request head: a client that opens a
+            # connection and stays silent holds it no longer.
+            tls_on = tls if secure else None
+            limit = config.header_timeout if secure else None
+            # libuv accepts one connection per loop iteration and listening handle
+            # (libuv 1.45, PR 3696); an iteration of a worker with thousands of busy
+            # connections takes tens of milliseconds, so a burst of new clients would
+            # wait in the listen queue for seconds (wrk -c2000 timeouts). Each extra
+            # handle on a dup of the socket accepts one more per iteration, natively;
+            # when the queue is shorter, it costs one accept() that fails with EAGAIN.
+            for handle in range(ACCEPT_HANDLES):
+                listener = sock if handle == 0 else sock.dup()
                 server = await loop.create_server(
-                    factory,
-                    sock=sock,
-                    backlog=config.backlog,
-                    ssl=tls,
-                    ssl_handshake_timeout=config.header_timeout,
+                    factory, sock=listener, backlog=config.backlog, ssl=tls_on, ssl_handshake_timeout=limit
                 )
-            else:
-                server = await loop.create_server(factory, sock=sock, backlog=config.backlog)
-            servers.append(server)
+                servers.append(server)
             if self.supervision is None:
                 error_log.info("Listening at: %s (%d)", describe(sock, secure), os.getpid())
         error_log.info(
