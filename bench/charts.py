@@ -61,15 +61,15 @@ def rps_chart(doc: dict[str, Any], cells: Cells, path: Path) -> None:
                 tick.set_color(HIGHLIGHT)
                 tick.set_fontweight("bold")
         ax.invert_yaxis()
-        ax.set_xscale("log")
+        ax.set_xlim(left=0)
         ax.set_title(f"{app} · {mode}", fontsize=10)
-        ax.set_xlabel("req/s (median, log scale)", fontsize=8)
+        ax.set_xlabel("req/s (median)", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(grps) :]:
         ax.axis("off")
     fig.suptitle(f"Requests per second per server and scenario ({doc['date']}; rapidwsgi outlined in red)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -109,37 +109,47 @@ def latency_chart(doc: dict[str, Any], cells: Cells, path: Path) -> None:
     for ax in list(axes.flat)[len(picked) :]:
         ax.axis("off")
     fig.suptitle("Latency distribution (percentiles, median over runs)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def errors_chart(doc: dict[str, Any], cells: Cells, path: Path) -> None:
+    """A heat map: servers x high-concurrency scenarios, errors in % of requests."""
     high = [(a, m, ld) for a, m, loads in groups(doc) for ld in loads if int(ld.split("-c")[-1]) >= 500]
     servers = doc_servers(doc)
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(servers) * max(1, len(high)) / 2), 5))
-    width = 0.8 / max(1, len(high))
-    for j, (app, mode, ld) in enumerate(high):
-        xs, ys = [], []
-        for i, server in enumerate(servers):
+    grid: list[list[float]] = []
+    notes: list[list[str]] = []
+    for server in servers:
+        row, note = [], []
+        for app, mode, ld in high:
             cell = cells.get((server, app, mode, ld))
             if cell is None:
-                continue
-            if cell.rps:
-                share = 100.0 * cell.errors / max(1, cell.requests + cell.errors)
+                row.append(math.nan)
+                note.append("")
+            elif not cell.rps:
+                row.append(100.0)
+                note.append("run\nfailed")
             else:
-                share = 100.0  # the run itself failed
-            xs.append(i + j * width)
-            ys.append(share)
-        ax.bar(xs, ys, width=width, label=f"{app} {mode} {ld}")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(servers))])
-    ax.set_xticklabels(servers, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("errors, % of requests (failed run = 100)")
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.set_title("Errors at high concurrency (0 is the bar)")
-    ax.grid(axis="y", alpha=0.3)
-    if high:
-        ax.legend(fontsize=7)
+                row.append(100.0 * cell.errors / max(1, cell.requests + cell.errors))
+                note.append(f"{cell.errors:,}" if cell.errors else "0")
+        grid.append(row)
+        notes.append(note)
+    fig, ax = plt.subplots(figsize=(2 + 1.25 * max(1, len(high)), 1.5 + 0.45 * len(servers)))
+    shown = [[math.nan if math.isnan(v) else math.log10(1 + v) for v in row] for row in grid]
+    image = ax.imshow(shown, cmap="Reds", vmin=0, vmax=2, aspect="auto")
+    for i, note in enumerate(notes):
+        for j, text in enumerate(note):
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(high)))
+    ax.set_xticklabels([f"{a}\n{m}\n{ld}" for a, m, ld in high], fontsize=7)
+    ax.set_yticks(range(len(servers)))
+    ax.set_yticklabels(servers, fontsize=8)
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_ticks([0, math.log10(2), math.log10(11), 2])
+    bar.set_ticklabels(["0 %", "1 %", "10 %", "99 %"])
+    bar.set_label("errors, % of requests (log)")
+    ax.set_title("Errors at high concurrency: count per cell (0 is the bar)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -49,9 +49,9 @@ def summarize(runs: Sequence[RunRecord]) -> Cells:
         cell = cells.setdefault((run["server"], run["app"], run["mode"], run["load"]), Cell())
         cell.rss_kb = max(cell.rss_kb, run.get("rss_kb", 0))
         result = run["result"]
-        if not run["ok"] or result is None:
+        if not run["ok"] or result is None or not result["requests"]:
             cell.failed_runs += 1
-            cell.last_failure = run["error"]
+            cell.last_failure = run["error"] or "no response within the run (0 requests)"
             continue
         cell.rps.append(result["rps"])
         cell.latency.append(result["latency_ms"])
@@ -238,15 +238,16 @@ def ratio_section(doc: dict[str, Any], cells: Cells) -> list[str]:
     return [title, "", *md_table(["scenario", *peers], rows), "", note, ""]
 
 
-def trailing(doc: dict[str, Any], cells: Cells) -> list[tuple[float, str, str]]:
-    """(ratio, peer, scenario) for every cell where rapidwsgi is behind, worst first."""
+def trailing(doc: dict[str, Any], cells: Cells) -> list[tuple[float, str, str, int]]:
+    """(ratio, peer, scenario, peer errors) where rapidwsgi is behind, worst first."""
     out = []
     for app, mode, ld in scenarios(doc):
         base = cells.get((BASELINE, app, mode, ld))
         for peer in doc_servers(doc):
-            value = ratio(base, cells.get((peer, app, mode, ld)))
-            if peer != BASELINE and value is not None and value < 1:
-                out.append((value, peer, f"{app} {mode} {ld}"))
+            cell = cells.get((peer, app, mode, ld))
+            value = ratio(base, cell)
+            if peer != BASELINE and cell is not None and value is not None and value < 1:
+                out.append((value, peer, f"{app} {mode} {ld}", cell.errors))
     return sorted(out)
 
 
@@ -254,6 +255,8 @@ def verdict_section(doc: dict[str, Any], cells: Cells) -> list[str]:
     if BASELINE not in doc_servers(doc):
         return []
     behind = trailing(doc, cells)
+    clean = [b for b in behind if not b[3]]
+    errored = [b for b in behind if b[3]]
     total = sum(
         1
         for app, mode, ld in scenarios(doc)
@@ -261,25 +264,36 @@ def verdict_section(doc: dict[str, Any], cells: Cells) -> list[str]:
         if peer != BASELINE and ratio(cells.get((BASELINE, app, mode, ld)), cells.get((peer, app, mode, ld)))
     )
     base_errors = [
-        f"{app} {mode} {ld}: {describe_kinds(c.by_kind)}"
+        f"{app} {mode} {ld}: {describe_kinds(c.by_kind)} of {c.requests:,}"
         for app, mode, ld in scenarios(doc)
         if (c := cells.get((BASELINE, app, mode, ld))) and c.errors
     ]
     lines = [
         "## Against the bar (rapidwsgi ahead of every peer in every scenario, no failed requests)",
         "",
-        f"- rapidwsgi is ahead in {total - len(behind)} of {total} (peer, scenario) cells "
-        f"and behind in {len(behind)}.",
+        f"- rapidwsgi is ahead in {total - len(behind)} of {total} (peer, scenario) cells and behind "
+        f"in {len(behind)}: {len(clean)} against a peer without errors in that cell, {len(errored)} "
+        "against a peer that had errors there (a rate that comes with errors is not a lead).",
     ]
     if base_errors:
         lines.append("- rapidwsgi had errors in: " + "; ".join(base_errors))
     else:
         lines.append("- rapidwsgi had no failed request, socket error or non-2xx response in any run.")
-    if behind:
-        lines += ["", "Where it trails (rapidwsgi / peer, worst first): the next work.", ""]
-        lines += [f"- {scenario}: {ratio_:.2f} vs {peer}" for ratio_, peer, scenario in behind[:40]]
-        if len(behind) > 40:
-            lines.append(f"- ... and {len(behind) - 40} more (see the ratio table)")
+    if clean:
+        lines += [
+            "",
+            "Where it trails a peer that had no errors (rapidwsgi / peer, worst first): the next work.",
+            "",
+        ]
+        lines += [f"- {scenario}: {value:.2f} vs {peer}" for value, peer, scenario, _ in clean[:40]]
+        if len(clean) > 40:
+            lines.append(f"- ... and {len(clean) - 40} more (see the ratio table)")
+    if errored:
+        lines += ["", "Behind in req/s against a peer that had errors in the same cell:", ""]
+        lines += [
+            f"- {scenario}: {value:.2f} vs {peer} ({errors:,} errors)"
+            for value, peer, scenario, errors in errored
+        ]
     return [*lines, ""]
 
 
