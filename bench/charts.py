@@ -173,7 +173,7 @@ def seed_chart(doc: dict[str, Any], cells: Cells, path: Path) -> None:
                 cell.set_facecolor("#fde0dd")
     ax.set_title((lines[0] if lines else "seed table").lstrip("# "), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
