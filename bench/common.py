@@ -257,19 +257,27 @@ def empty_errors() -> Errors:
     return Errors(connect=0, read=0, write=0, timeout=0, non_2xx=0, failed=0, length_mismatch=0)
 
 
+def latency_ms(text: str, avg_pattern: str, value_pattern: str) -> dict[str, float]:
+    """avg and p50/p75/p90/p99 in ms; a value is a number, then a unit (wrk) or none (ab: ms)."""
+    latency: dict[str, float] = {}
+    patterns = {
+        "avg": avg_pattern,
+        **{f"p{p}": rf"^\s+{p}%\s+{value_pattern}" for p in ("50", "75", "90", "99")},
+    }
+    for key, pattern in patterns.items():
+        hit = re.search(pattern, text, re.MULTILINE)
+        if hit:
+            unit = hit.group(2) if hit.lastindex and hit.lastindex >= 2 else "ms"
+            latency[key] = wrk_time_ms(hit.group(1), unit)
+    return latency
+
+
 def parse_wrk(text: str) -> LoadResult:
     """Parse `wrk --latency` output; raises ValueError if there is no rate."""
     rate = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
     if rate is None:
         raise ValueError(f"no Requests/sec in wrk output: {last_line(text)}")
-    latency: dict[str, float] = {}
-    avg = re.search(r"^\s+Latency\s+([\d.]+)(us|ms|s|m|h)\b", text, re.MULTILINE)
-    if avg:
-        latency["avg"] = wrk_time_ms(avg.group(1), avg.group(2))
-    for pct in ("50", "75", "90", "99"):
-        hit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m|h)\b", text, re.MULTILINE)
-        if hit:
-            latency[f"p{pct}"] = wrk_time_ms(hit.group(1), hit.group(2))
+    latency = latency_ms(text, r"^\s+Latency\s+([\d.]+)(us|ms|s|m|h)\b", r"([\d.]+)(us|ms|s|m|h)\b")
     errors = empty_errors()
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if sock:
@@ -290,14 +298,7 @@ def parse_ab(text: str) -> LoadResult:
     rate = re.search(r"^Requests per second:\s+([\d.]+)", text, re.MULTILINE)
     if rate is None:
         raise ValueError(f"no 'Requests per second' in ab output: {last_line(text)}")
-    latency: dict[str, float] = {}
-    mean = re.search(r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)$", text, re.MULTILINE)
-    if mean:
-        latency["avg"] = float(mean.group(1))
-    for pct in ("50", "75", "90", "99"):
-        hit = re.search(rf"^\s+{pct}%\s+(\d+)\s*$", text, re.MULTILINE)
-        if hit:
-            latency[f"p{pct}"] = float(hit.group(1))
+    latency = latency_ms(text, r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)$", r"(\d+)\s*$")
     errors = empty_errors()
     failed = search_int(r"^Failed requests:\s+(\d+)", text)
     parts = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", text)
