@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := $(shell find src -name '*.py') pyproject.toml setup.py
 
-.PHONY: serve test lint typecheck unit unit-compiled unit-source docs bench bench-quick clean
+.PHONY: serve test lint typecheck unit unit-compiled unit-source docs bench bench-quick bench-selftest clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench setup.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src/rapidwsgi bench/run.py bench/hotpath.py bench/parser.py bench/strictness.py bench/modes.py
+	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/parser.py bench/strictness.py
+	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
+		bench/report.py bench/charts.py bench/modes.py tests/test_bench.py
+	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
+		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py
 
 unit: unit-compiled unit-source
 
@@ -43,11 +47,16 @@ unit-source: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m rapidwsgi.config > docs/settings.md
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+# The benchmark installs the peers (and a compiled rapidwsgi) into bench/.venv-peers and
+# needs wrk, ab (apache2-utils), nginx and libev-dev: see bench/README.md.
+bench:
+	$(PYTHON) bench/run.py
 
-bench-quick: $(STAMP)
-	$(BIN)/python bench/run.py --quick
+bench-quick:
+	$(PYTHON) bench/run.py --quick
+
+bench-selftest:
+	$(PYTHON) bench/run.py --selftest --servers rapidwsgi,waitress
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
