@@ -218,3 +218,15 @@ def servers_survive(pool: ServerPool) -> Iterator[None]:
     yield
     dead = pool.take_dead()
     assert not dead, "a server process died during this test:\n" + "\n".join(dead)
+
+
+@pytest.fixture(params=["inline", "threaded"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """The dispatch mode of a server test (``tests.rawhttp.SERVER_MODES``)."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Where a server test's server listens."""
+    return str(request.param)

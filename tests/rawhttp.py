@@ -7,6 +7,7 @@ time (so pipelining, early responses and connection closes can be asserted on).
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.conftest import ServerProcess
@@ -332,3 +333,28 @@ class ServerPool:
             servers = [server for server in servers if server.proc.poll() is None]
             if not servers:
                 return
+
+
+# ------------------------------------------------------------- helpers of the server tests
+
+#: The server arguments of the two dispatch modes every server test runs in.
+SERVER_MODES: dict[str, tuple[str, ...]] = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
+
+
+def connect(server: ServerProcess, timeout: float = 5.0) -> RawConnectionExtras:
+    """A raw connection to ``server`` (TCP or unix, wherever it listens)."""
+    return RawConnectionExtras(server.address, timeout)
+
+
+def json_of(response: RawResponse) -> dict[str, Any]:
+    """The JSON body of a 200 response (the test apps' environ and stats pages)."""
+    assert response.status == 200, (response.status, response.body[:300])
+    doc: dict[str, Any] = json.loads(response.body)
+    return doc
+
+
+def assert_still_serving(server: ServerProcess) -> None:
+    """A fresh connection still gets ``Hello, world!``: the previous test left it working."""
+    with connect(server) as conn:
+        response = conn.request(get("/hello"))
+        assert (response.status, response.body) == (200, b"Hello, world!")

@@ -14,75 +14,49 @@ import random
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import pytest
 
 from tests.conftest import ServerProcess
 from tests.rawhttp import (
-    RawConnectionExtras,
-    RawResponse,
+    SERVER_MODES,
     ServerPool,
+    assert_still_serving,
     chunked_post,
+    connect,
     get,
     head,
+    json_of,
     post,
     wait_until,
 )
 
-MODES = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
 LIMITS = ("--limit-request-line", "100", "--limit-request-fields", "5", "--limit-request-body", "10")
 
 
 pytestmark = pytest.mark.usefixtures("servers_survive")  # pool: conftest.py
 
 
-@pytest.fixture(params=["inline", "threaded"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "unix"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def server(pool: ServerPool, mode: str, transport: str) -> ServerProcess:
     """The default app in each mode, over each transport."""
-    return pool.get(*MODES[mode], transport=transport)
+    return pool.get(*SERVER_MODES[mode], transport=transport)
 
 
 @pytest.fixture
 def threaded_server(pool: ServerPool, transport: str) -> ServerProcess:
-    return pool.get(*MODES["threaded"], transport=transport)
+    return pool.get(*SERVER_MODES["threaded"], transport=transport)
 
 
 @pytest.fixture
 def inline_server(pool: ServerPool, transport: str) -> ServerProcess:
-    return pool.get(*MODES["inline"], transport=transport)
+    return pool.get(*SERVER_MODES["inline"], transport=transport)
 
 
 @pytest.fixture
 def limited_server(pool: ServerPool, mode: str, transport: str) -> ServerProcess:
     """Small limits: request line 100 bytes, 5 header fields, 10 body bytes."""
-    return pool.get(*MODES[mode], *LIMITS, transport=transport)
-
-
-def connect(server: ServerProcess, timeout: float = 5.0) -> RawConnectionExtras:
-    return RawConnectionExtras(server.address, timeout)
-
-
-def environ_of(response: RawResponse) -> dict[str, Any]:
-    assert response.status == 200, (response.status, response.body[:300])
-    doc: dict[str, Any] = json.loads(response.body)
-    return doc
-
-
-def assert_still_serving(server: ServerProcess) -> None:
-    with connect(server) as conn:
-        response = conn.request(get("/hello"))
-        assert (response.status, response.body) == (200, b"Hello, world!")
+    return pool.get(*SERVER_MODES[mode], *LIMITS, transport=transport)
 
 
 # ------------------------------------------------------------------ persistence
@@ -140,13 +114,13 @@ def test_pipelined_mixed_requests_are_answered_in_order(server: ServerProcess) -
     with connect(server) as conn:
         conn.send(b"".join(requests))
         assert conn.read_response().body == b"Hello, world!"
-        first = environ_of(conn.read_response())
+        first = json_of(conn.read_response())
         assert (first["PATH_INFO"], first["body"]) == ("/echo/first", "first body")
-        second = environ_of(conn.read_response())
+        second = json_of(conn.read_response())
         assert (second["PATH_INFO"], second["QUERY_STRING"], second["body"]) == ("/echo/second", "n=2", "")
-        third = environ_of(conn.read_response())
+        third = json_of(conn.read_response())
         assert (third["PATH_INFO"], third["body"]) == ("/echo/third", "chunked")
-        digest = environ_of(conn.read_response())
+        digest = json_of(conn.read_response())
         assert digest == {"length": len(big), "sha256": hashlib.sha256(big).hexdigest()}
         assert not conn.data_within(0.2)
 
@@ -163,7 +137,7 @@ def test_chunked_body_with_extensions_and_trailers_reaches_app_intact(server: Se
         b"0;last\r\nX-Trailer: yes\r\nX-Other: 2\r\n\r\n"
     )
     with connect(server) as conn:
-        environ = environ_of(conn.request(request))
+        environ = json_of(conn.request(request))
         assert environ["body"] == "hello 0123456789"
         assert "CONTENT_LENGTH" not in environ
         assert conn.request(get("/hello")).body == b"Hello, world!"
@@ -172,7 +146,7 @@ def test_chunked_body_with_extensions_and_trailers_reaches_app_intact(server: Se
 def test_content_length_body_reaches_app_intact(server: ServerProcess) -> None:
     body = bytes(range(256)) * 4
     with connect(server) as conn:
-        environ = environ_of(conn.request(post("/echo", body, headers="Content-Type: x/y\r\n")))
+        environ = json_of(conn.request(post("/echo", body, headers="Content-Type: x/y\r\n")))
         assert environ["body"].encode("latin-1") == body
         assert environ["CONTENT_LENGTH"] == "1024"
         assert environ["CONTENT_TYPE"] == "x/y"
@@ -194,7 +168,7 @@ def test_body_arriving_in_separate_segments_reaches_app_intact(server: ServerPro
         for segment in segments:
             time.sleep(0.1)  # each segment arrives in its own read
             conn.send(segment)
-        assert environ_of(conn.read_response())["body"] == "aaabbbcccddd"
+        assert json_of(conn.read_response())["body"] == "aaabbbcccddd"
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
@@ -212,7 +186,7 @@ def test_five_megabyte_body_streams_through_intact(server: ServerProcess, framin
         request = post("/digest", body)
     with connect(server, timeout=30) as conn:
         conn.send(request)
-        assert environ_of(conn.read_response()) == {
+        assert json_of(conn.read_response()) == {
             "length": len(body),
             "sha256": hashlib.sha256(body).hexdigest(),
         }
@@ -235,7 +209,7 @@ def test_expect_continue_gets_100_then_body_is_echoed(server: ServerProcess) -> 
         assert (interim.status, interim.headers) == (100, [])
         conn.send(b"hello world")
         response = conn.read_response()
-        assert environ_of(response)["body"] == "hello world"
+        assert json_of(response)["body"] == "hello world"
         assert response.header("connection") is None
         assert conn.request(get("/hello")).body == b"Hello, world!"
 
@@ -248,7 +222,7 @@ def test_threaded_sends_100_continue_only_when_the_app_reads(threaded_server: Se
         interim = conn.read_head()
         assert interim.status == 100
         conn.send(b"later")
-        assert environ_of(conn.read_response())["body"] == "later"
+        assert json_of(conn.read_response())["body"] == "later"
         assert conn.request(get("/hello")).body == b"Hello, world!"
 
 
@@ -329,13 +303,13 @@ def test_head_of_streaming_route_has_no_body_and_closes_the_iterable(server: Ser
     with connect(server) as conn:
         got = conn.request(get("/stream?n=3&size=4"))
         assert got.body == b"AAAABBBBCCCC"
-        closed_before = environ_of(conn.request(get("/stats")))["closed"]
+        closed_before = json_of(conn.request(get("/stats")))["closed"]
         headed = conn.request(head("/stream?n=3&size=4"), head=True)
         assert headed.status == 200
         assert headed.header("content-type") == got.header("content-type")
         assert not conn.data_within(0.3), f"HEAD response carried a body: {conn.buf!r}"
         # On an application thread close() may run just after the response is queued.
-        assert wait_until(lambda: environ_of(conn.request(get("/stats")))["closed"] > closed_before, 3)
+        assert wait_until(lambda: json_of(conn.request(get("/stats")))["closed"] > closed_before, 3)
         assert conn.request(get("/hello")).body == b"Hello, world!"
 
 
@@ -406,7 +380,7 @@ def test_app_date_and_server_headers_replace_the_servers(server: ServerProcess) 
 def test_absolute_form_target_sets_path_info_and_host_from_authority(server: ServerProcess) -> None:
     target = "http://example.org:8080/echo/abs?q=1"
     with connect(server) as conn:
-        environ = environ_of(conn.request(f"GET {target} HTTP/1.1\r\nHost: other\r\n\r\n".encode()))
+        environ = json_of(conn.request(f"GET {target} HTTP/1.1\r\nHost: other\r\n\r\n".encode()))
         assert environ["PATH_INFO"] == "/echo/abs"
         assert environ["QUERY_STRING"] == "q=1"
         assert environ["HTTP_HOST"] == "example.org:8080"
@@ -427,7 +401,7 @@ def test_path_info_is_percent_decoded_as_latin1_and_raw_uri_is_raw(
     server: ServerProcess, target: bytes, path_bytes: bytes
 ) -> None:
     with connect(server) as conn:
-        environ = environ_of(conn.request(b"GET " + target + b"?x=%E2%98%83+y HTTP/1.1\r\nHost: t\r\n\r\n"))
+        environ = json_of(conn.request(b"GET " + target + b"?x=%E2%98%83+y HTTP/1.1\r\nHost: t\r\n\r\n"))
         assert environ["PATH_INFO"] == path_bytes.decode("latin-1")
         assert environ["QUERY_STRING"] == "x=%E2%98%83+y"
         raw = (target + b"?x=%E2%98%83+y").decode("latin-1")
@@ -446,7 +420,7 @@ def test_path_info_is_percent_decoded_as_latin1_and_raw_uri_is_raw(
 )
 def test_header_names_with_underscore_are_dropped(server: ServerProcess, fields: str) -> None:
     with connect(server) as conn:
-        environ = environ_of(conn.request(get("/echo", headers=fields)))
+        environ = json_of(conn.request(get("/echo", headers=fields)))
         values = [v for k, v in environ.items() if k.startswith("HTTP_X_FORWARDED")]
         expected = [] if "1.2.3.4" not in fields else ["1.2.3.4"]
         assert values == expected
@@ -456,7 +430,7 @@ def test_header_names_with_underscore_are_dropped(server: ServerProcess, fields:
 def test_repeated_headers_are_joined_with_comma_and_cookies_with_semicolon(server: ServerProcess) -> None:
     fields = "X-Multi: a\r\nCookie: a=1\r\nX-Multi: b, c\r\nCookie: b=2\r\n"
     with connect(server) as conn:
-        environ = environ_of(conn.request(get("/echo", headers=fields)))
+        environ = json_of(conn.request(get("/echo", headers=fields)))
         assert environ["HTTP_X_MULTI"] == "a, b, c"
         assert environ["HTTP_COOKIE"] == "a=1; b=2"
 

@@ -9,7 +9,6 @@ that the server gives up on a client, how, and that it keeps serving others mean
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import time
 from typing import Any
@@ -17,9 +16,18 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.rawhttp import ConnectionClosedError, RawConnectionExtras, ServerPool, get, wait_until
+from tests.rawhttp import (
+    SERVER_MODES,
+    ConnectionClosedError,
+    RawConnectionExtras,
+    ServerPool,
+    assert_still_serving,
+    connect,
+    get,
+    json_of,
+    wait_until,
+)
 
-MODES = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
 TIMEOUTS = ("--keep-alive", "1", "--header-timeout", "1", "--body-timeout", "1", "--send-timeout", "2")
 #: Upper bound for a 1-2 s timeout to fire on a server that checks once per second.
 GIVE_UP = 8.0
@@ -28,37 +36,14 @@ GIVE_UP = 8.0
 pytestmark = pytest.mark.usefixtures("servers_survive")  # pool: conftest.py
 
 
-@pytest.fixture(params=["inline", "threaded"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "unix"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def server(pool: ServerPool, mode: str, transport: str) -> ServerProcess:
-    return pool.get(*MODES[mode], *TIMEOUTS, transport=transport)
-
-
-def connect(server: ServerProcess, timeout: float = 5.0) -> RawConnectionExtras:
-    return RawConnectionExtras(server.address, timeout)
+    return pool.get(*SERVER_MODES[mode], *TIMEOUTS, transport=transport)
 
 
 def json_get(server: ServerProcess, path: str) -> dict[str, Any]:
     with connect(server) as conn:
-        response = conn.request(get(path))
-    assert response.status == 200, (response.status, response.body[:200])
-    doc: dict[str, Any] = json.loads(response.body)
-    return doc
-
-
-def assert_answers_hello(server: ServerProcess) -> None:
-    with connect(server) as conn:
-        response = conn.request(get("/hello"))
-        assert (response.status, response.body) == (200, b"Hello, world!")
+        return json_of(conn.request(get(path)))
 
 
 def test_idle_keep_alive_connection_is_closed_cleanly(server: ServerProcess) -> None:
@@ -74,7 +59,7 @@ def test_client_that_sends_nothing_is_closed(server: ServerProcess) -> None:
         data, outcome = conn.read_to_end(GIVE_UP)
         assert data == b""
         assert outcome in ("eof", "reset"), "a silent connection was kept open"
-    assert_answers_hello(server)
+    assert_still_serving(server)
 
 
 def test_trickling_request_head_is_answered_408_and_closed(server: ServerProcess) -> None:
@@ -99,7 +84,7 @@ def test_trickling_request_head_is_answered_408_and_closed(server: ServerProcess
         assert response.header("connection") == "close"
         rest, outcome = conn.read_to_end(GIVE_UP)
         assert (rest, outcome) == (b"", "eof")
-    assert_answers_hello(server)
+    assert_still_serving(server)
 
 
 def test_stalled_body_is_answered_408_and_closed(server: ServerProcess, mode: str) -> None:
@@ -124,7 +109,7 @@ def test_stalled_body_is_answered_408_and_closed(server: ServerProcess, mode: st
     else:
         # The app runs while the body streams in: its read must fail, not hang.
         assert len(read_errors) == 1, read_errors
-    assert_answers_hello(server)
+    assert_still_serving(server)
 
 
 def test_client_that_stops_reading_is_dropped_and_its_iterable_closed(server: ServerProcess) -> None:
@@ -135,7 +120,7 @@ def test_client_that_stops_reading_is_dropped_and_its_iterable_closed(server: Se
         stalled.send(get(f"/stream?n={size // 10_000}&size=10000"))
         time.sleep(0.5)
         # The server stays responsive while the stalled response is pending.
-        assert_answers_hello(server)
+        assert_still_serving(server)
         # Send timeout (2 s) plus the once-per-second check, with a margin: by now the
         # server must have dropped the connection.
         time.sleep(4.5)
@@ -145,7 +130,7 @@ def test_client_that_stops_reading_is_dropped_and_its_iterable_closed(server: Se
     assert wait_until(lambda: json_get(server, "/stats")["closed"] > closed, 3, 0.1), (
         "the dropped response's iterable was never closed"
     )
-    assert_answers_hello(server)
+    assert_still_serving(server)
 
 
 @pytest.mark.parametrize("start", ["new", "keep-alive"])
@@ -157,7 +142,7 @@ def test_timeout_does_not_fire_before_its_configured_time(pool: ServerPool, mode
     computed from a clock that can be up to one check interval stale cuts some of them
     off early. (Deadline bookkeeping is shared by both transports: TCP only.)
     """
-    server = pool.get(*MODES[mode], *TIMEOUTS)
+    server = pool.get(*SERVER_MODES[mode], *TIMEOUTS)
     clients = 8
     # (when, client, action), in time order: connect at 0.25 * i, request 0.5 s later.
     schedule = sorted(

@@ -9,7 +9,6 @@ bounds under slow or hostile clients. Each behaviour runs in both dispatch modes
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import socket
@@ -22,53 +21,36 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.rawhttp import (
+    SERVER_MODES,
     RawConnectionExtras,
     RawResponse,
     ServerPool,
+    assert_still_serving,
+    connect,
     get,
     head,
+    json_of,
     post,
     wait_until,
 )
 
-MODES = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
 MB = 1024 * 1024
 
 
 pytestmark = pytest.mark.usefixtures("servers_survive")  # pool: conftest.py
 
 
-@pytest.fixture(params=["inline", "threaded"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "unix"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def server(pool: ServerPool, mode: str, transport: str) -> ServerProcess:
-    return pool.get(*MODES[mode], transport=transport)
+    return pool.get(*SERVER_MODES[mode], transport=transport)
 
 
 @pytest.fixture
 def tcp_server(pool: ServerPool, mode: str) -> ServerProcess:
-    return pool.get(*MODES[mode])
+    return pool.get(*SERVER_MODES[mode])
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def connect(server: ServerProcess, timeout: float = 5.0) -> RawConnectionExtras:
-    return RawConnectionExtras(server.address, timeout)
-
-
-def json_of(response: RawResponse) -> dict[str, Any]:
-    assert response.status == 200, (response.status, response.body[:300])
-    doc: dict[str, Any] = json.loads(response.body)
-    return doc
 
 
 def fetch(server: ServerProcess, request: bytes) -> RawResponse:
@@ -95,11 +77,6 @@ def new_log(server: ServerProcess, mark: int, pattern: str, timeout: float = 5.0
     text = server.stderr[mark:]
     assert found, f"{pattern!r} not logged; new stderr:\n{text}"
     return text
-
-
-def assert_still_serving(server: ServerProcess) -> None:
-    response = fetch(server, get("/hello"))
-    assert (response.status, response.body) == (200, b"Hello, world!")
 
 
 def assert_aborted(conn: RawConnectionExtras) -> bytes:
@@ -347,7 +324,7 @@ def test_file_wrapper_files_are_closed_after_the_response(server: ServerProcess)
 
 @pytest.fixture
 def validated_server(pool: ServerPool, mode: str, transport: str) -> ServerProcess:
-    return pool.get(*MODES[mode], transport=transport, app="apps:validated")
+    return pool.get(*SERVER_MODES[mode], transport=transport, app="apps:validated")
 
 
 def test_wsgiref_validator_finds_nothing_wrong(validated_server: ServerProcess) -> None:

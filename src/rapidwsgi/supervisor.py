@@ -828,9 +828,8 @@ def zygote_process(
             worker = _fork()
             if worker == 0:
                 try:
-                    # Nothing of the zygote's plumbing belongs to the worker.
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # blocked until it serves
+                    # Nothing of the zygote's plumbing belongs to the worker (its signal
+                    # handling is reset by _fork; SIGUSR1 stays blocked until it serves).
                     for fd in (wake_r, wake_w):
                         _close_quietly(fd)
                     sock.close()

@@ -39,10 +39,10 @@ from .wsgi import Environ, FileWrapper, WSGIApp
 
 TICK: Final = 1.0
 
-#: The wire protocol class for each ``--protocol`` name.
 #: Listening handles per socket: connections a worker accepts per loop iteration at most.
 ACCEPT_HANDLES: Final = 4
 
+#: The wire protocol class for each ``--protocol`` name.
 WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = {
     "http": H1Connection,
     "uwsgi": UwsgiConnection,
