@@ -355,8 +355,14 @@ class Config:
         validate=_positive,
     )
     limit_request_body: int = setting(
-        0,
-        help="Maximum bytes of a request body, 0 for no limit (larger: 413).",
+        1 << 30,
+        help=(
+            "Maximum bytes of a request body (larger: 413, answered before any of it is read"
+            " or spooled, and before any 100 Continue); 0 for no limit. The default, 1 GiB as"
+            " in waitress, admits any upload a form or an API usually takes while bounding"
+            " what one request can make the server read, and the temporary file an inline"
+            " worker spools a body into."
+        ),
         section="Limits",
         metavar="BYTES",
         validate=_non_negative,
