@@ -10,8 +10,18 @@ Dispatch rules:
 
 * ``threads == 1`` (inline): the application runs on the loop thread once the whole
   request is in hand. A body still in flight is spooled first (memory, then a
-  temporary file beyond ``SPOOL_MEMORY``), so a blocking read can never stall the loop;
-  a client waiting for ``100 Continue`` gets it when spooling starts.
+  temporary file beyond ``SPOOL_MEMORY``, never more than ``--limit-request-body``), so
+  a blocking read can never stall the loop. Except when the client asked
+  ``Expect: 100-continue`` and waits: it must get ``100 Continue`` only if the
+  application reads the body (RFC 9110 §10.1.1; a client may wait for the final status
+  instead, and an application may answer without reading). Such a request runs on a
+  helper thread (``EXPECT_THREADS``, started on demand) with a streaming ``wsgi.input``,
+  as in threaded mode; the ``ServerContext.gate`` lock keeps it from running
+  application code at the same time as the loop thread, so ``--threads 1`` still never
+  runs two application calls at once (``wsgi.multithread`` stays false). A call that
+  has started on the loop thread cannot move to another thread when it first reads
+  (re-running it would repeat its side effects; waiting would block the loop), so the
+  choice is made from the head, before the application starts.
 * ``threads > 1``: the application runs on the thread pool as soon as the head is
   parsed; ``wsgi.input`` streams the body, and ``100 Continue`` is sent when the
   application first reads it (RFC 9110 §10.1.1).
@@ -39,7 +49,7 @@ import threading
 import time
 from asyncio.events import _set_running_loop
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from time import monotonic
 from typing import IO, Any, Final, cast
 
@@ -79,6 +89,10 @@ PUMP_BUDGET: Final = 32
 SENDFILE_BUDGET: Final = 4 << 20
 #: Bytes an application thread may have queued for the loop before it waits.
 THREAD_HIGH_WATER: Final = 256 * 1024
+#: Inline mode: helper threads at most for requests waiting for ``100 Continue``; more
+#: such requests queue for a free one (each holds its thread until its body has come,
+#: at most ``--body-timeout`` without progress).
+EXPECT_THREADS: Final = 8
 
 # Read-side phases, for timeouts.
 _IDLE: Final = 0  # between requests (keep-alive)
@@ -128,6 +142,13 @@ class ServerContext:
         #: Exchanges running on application threads (see ``run_threaded``).
         self.threads_busy = 0
         self._busy_lock = threading.Lock()
+        #: Inline mode: held by whichever thread runs application code, the loop thread
+        #: or a helper thread (``run_helper``), so two application calls never run at
+        #: once. A helper releases it while it waits for the loop (a read, a full
+        #: output queue); the loop takes it only while ``gated`` counts helpers.
+        self.gate = threading.RLock()
+        self.gated = 0
+        self._helpers: ThreadPoolExecutor | None = None
 
     def run_threaded(self, exchange: Exchange) -> None:
         """Submit an exchange to the thread pool, counting it while it runs."""
@@ -142,6 +163,37 @@ class ServerContext:
         finally:
             with self._busy_lock:
                 self.threads_busy -= 1
+
+    def run_helper(self, exchange: Exchange) -> None:
+        """Inline mode: run one exchange on a helper thread, under the gate.
+
+        ``gated`` goes up here, on the loop thread, before the helper can start, and
+        down only once the helper has left application code: the loop never sees 0
+        while a helper may run the application.
+        """
+        helpers = self._helpers
+        if helpers is None:
+            helpers = self._helpers = ThreadPoolExecutor(
+                max_workers=EXPECT_THREADS, thread_name_prefix="rapidwsgi-expect"
+            )
+        with self._busy_lock:
+            self.threads_busy += 1
+            self.gated += 1
+        helpers.submit(self._helper_main, exchange)
+
+    def _helper_main(self, exchange: Exchange) -> None:
+        try:
+            with self.gate:
+                exchange.context.run(exchange.run_blocking)
+        finally:
+            with self._busy_lock:
+                self.threads_busy -= 1
+                self.gated -= 1
+
+    def stop_helpers(self) -> None:
+        """At exit: no new helper work (a running one is counted in ``threads_busy``)."""
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=False, cancel_futures=True)
 
     def tick(self) -> None:
         """Refresh the clock and enforce timeouts; called once per second."""
@@ -378,7 +430,7 @@ class HTTPConnection:
         else:
             # A request without a body is complete with its head.
             self._chunks = None
-            self._dispatch(EMPTY_INPUT)
+            self._dispatch(EMPTY_INPUT, self.ctx.executor is not None)
 
     def _on_data(self, data: bytes) -> None:
         if self._draining:
@@ -408,9 +460,9 @@ class HTTPConnection:
         if self._spool is not None:
             spool = self._spool
             spool.seek(0)
-            self._dispatch(spool)
+            self._dispatch(spool, False)
         else:
-            self._dispatch(buffered_input(self._chunks or []))
+            self._dispatch(buffered_input(self._chunks or []), self.ctx.executor is not None)
 
     def _on_need_data(self) -> None:
         if self._request is None:
@@ -424,21 +476,28 @@ class HTTPConnection:
         # The body is still in flight.
         chunks = self._chunks or []
         self._chunks = None
-        if self.ctx.executor is not None:
-            stream = StreamInput(self._input_wanted_threadsafe)
+        ctx = self.ctx
+        if ctx.executor is not None or self.wire.client_waiting_for_continue:
+            # Threaded, or inline with a client waiting for 100 Continue before it sends
+            # the body: the application runs now (inline: on a helper thread, under the
+            # gate) and 100 Continue goes out only if it reads (RFC 9110 §10.1.1). If it
+            # answers without reading, that response closes the connection (the client
+            # may or may not send the body now: base._begin_response).
+            gate = None if ctx.executor is not None else ctx.gate
+            stream = StreamInput(self._input_wanted_threadsafe, gate=gate)
             for chunk in chunks:
                 stream.feed(chunk)
             self._stream = stream
-            self._dispatch(stream)
+            self._dispatch(stream, True)
         else:
+            # The body is already on its way (no Expect, or the client did not wait):
+            # read it all for the application, which then never blocks on a read. The
+            # protocol refuses a body beyond --limit-request-body with 413 before its
+            # bytes reach us, which bounds the spool file too.
             spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
             for chunk in chunks:
                 spool.write(chunk)
             self._spool = spool
-            # We read the body on the application's behalf, so the client may send it.
-            cont = self.wire.send_continue()
-            if cont and self.transport is not None:
-                self.transport.write(cont)
 
     def _input_wanted_threadsafe(self) -> None:
         self.ctx.loop.call_soon_threadsafe(self._input_wanted)
@@ -454,7 +513,8 @@ class HTTPConnection:
         if stream is not None and stream.buffered < THREAD_HIGH_WATER // 2:
             self._resume_reading()
 
-    def _dispatch(self, wsgi_input: object) -> None:
+    def _dispatch(self, wsgi_input: object, on_thread: bool) -> None:
+        """Run the application for the current request: inline, or on a thread."""
         request = self._request
         assert request is not None
         ctx = self.ctx
@@ -479,7 +539,7 @@ class HTTPConnection:
         if ctx.access_log is not None:
             self._started = time.monotonic()
         head_request = request.method == b"HEAD"
-        if ctx.executor is None:
+        if not on_thread:
             self._budget = PUMP_BUDGET
             exchange = Exchange(
                 ctx.app, environ, self, ctx.clock, head_request=head_request, use_sendfile=self._raw_ok
@@ -487,7 +547,8 @@ class HTTPConnection:
             self._exchange = exchange
             self._run_inline(exchange, exchange.start)
         else:
-            sink = ThreadedSink(self)
+            gate = None if ctx.executor is not None else ctx.gate
+            sink = ThreadedSink(self, gate)
             self._tsink = sink
             exchange = Exchange(
                 ctx.app,
@@ -498,7 +559,10 @@ class HTTPConnection:
                 blocking=True,
                 use_sendfile=self._raw_ok,
             )
-            ctx.run_threaded(exchange)
+            if gate is None:
+                ctx.run_threaded(exchange)
+            else:
+                ctx.run_helper(exchange)
 
     def _run_inline(self, exchange: Exchange, step: Callable[[], object]) -> None:
         """Run one step of an inline exchange as application code.
@@ -508,6 +572,15 @@ class HTTPConnection:
         exchange runs in the exchange's own context, so context variables an
         application sets while generating a response survive between chunks.
         """
+        ctx = self.ctx
+        if ctx.gated:
+            # A helper thread may be running application code: wait for it to leave it.
+            with ctx.gate:
+                self._run_step(exchange, step)
+        else:
+            self._run_step(exchange, step)
+
+    def _run_step(self, exchange: Exchange, step: Callable[[], object]) -> None:
         loop = self.ctx.loop
         _set_running_loop(None)
         try:
@@ -897,8 +970,11 @@ class ThreadedSink:
     runs. Loop-thread methods (``update``, ``set_disconnected``, ``cancel``) release it.
     """
 
-    def __init__(self, conn: HTTPConnection) -> None:
+    def __init__(self, conn: HTTPConnection, gate: Any = None) -> None:
         self._conn = conn
+        #: ``ServerContext.gate`` for a helper thread of an inline worker: released while
+        #: waiting for the loop, which may need it to run another application step.
+        self._gate = gate
         self._call: Callable[..., Any] = conn.ctx.loop.call_soon_threadsafe
         self._cond = threading.Condition(threading.Lock())
         self._pending = 0
@@ -916,6 +992,16 @@ class ThreadedSink:
         return not self._disconnected and not self._blocked and self._pending < THREAD_HIGH_WATER
 
     def wait_writable(self) -> bool:
+        gate = self._gate
+        if gate is None:
+            return self._wait_writable()
+        gate.release()
+        try:
+            return self._wait_writable()
+        finally:
+            gate.acquire()
+
+    def _wait_writable(self) -> bool:
         with self._cond:
             while not self.writable():
                 if self._disconnected:

@@ -321,7 +321,8 @@ class Worker:
             access_log.flush()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-            self._stuck_threads = ctx.threads_busy
+        ctx.stop_helpers()
+        self._stuck_threads = ctx.threads_busy
         error_log.info("Worker stopped")
         return 0
 

@@ -173,8 +173,11 @@ class StreamInput:
     drains below half of ``high_water`` (the moment to resume reading the socket).
     """
 
-    def __init__(self, on_wanted: Callable[[], None], high_water: int = 256 * 1024) -> None:
+    def __init__(self, on_wanted: Callable[[], None], high_water: int = 256 * 1024, gate: Any = None) -> None:
         self._cond = threading.Condition(threading.Lock())
+        #: A lock the reading thread holds while it runs application code, released
+        #: while a read may wait for the loop (see ``connection.ServerContext.gate``).
+        self._gate = gate
         self._buf = bytearray()
         self._eof = False
         self._error: BaseException | None = None
@@ -243,6 +246,16 @@ class StreamInput:
 
     def read(self, size: int | None = -1) -> bytes:
         """Read ``size`` bytes (all, if negative or None), fewer only at end of body."""
+        gate = self._gate
+        if gate is None:
+            return self._read(size)
+        gate.release()
+        try:
+            return self._read(size)
+        finally:
+            gate.acquire()
+
+    def _read(self, size: int | None) -> bytes:
         limit = sys.maxsize if size is None or size < 0 else size
         parts: list[bytes] = []
         got = 0
@@ -254,6 +267,16 @@ class StreamInput:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
+        gate = self._gate
+        if gate is None:
+            return self._readline(size)
+        gate.release()
+        try:
+            return self._readline(size)
+        finally:
+            gate.acquire()
+
+    def _readline(self, size: int | None) -> bytes:
         limit = sys.maxsize if size is None or size < 0 else size
         parts: list[bytes] = []
         got = 0
