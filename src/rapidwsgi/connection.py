@@ -43,8 +43,12 @@ never sees a reset instead of its response (nginx's lingering close).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import socket
+import sys
 import tempfile
+import termios
 import threading
 import time
 from asyncio.events import _set_running_loop
@@ -81,8 +85,11 @@ SPOOL_MEMORY: Final = 1 << 20
 MAX_PIPELINE_BUFFER: Final = 256 * 1024
 #: Seconds a closing connection keeps reading (and discarding) after half-closing.
 LINGER: Final = 2.0
-#: On graceful shutdown, seconds an idle keep-alive connection may still send a request.
+#: On graceful shutdown, seconds an idle keep-alive connection of a direct client may
+#: still send a request (a proxy's or gateway's keeps its keep-alive deadline: see
+#: ``begin_shutdown``).
 SHUTDOWN_IDLE_GRACE: Final = 0.5
+_FIONREAD_BUF: Final = bytes(4)
 #: Body chunks an inline exchange may produce before yielding to other connections.
 PUMP_BUDGET: Final = 32
 #: Bytes one sendfile step may send before yielding to other connections.
@@ -139,6 +146,8 @@ class ServerContext:
         self.proxy_protocol = proxy_protocol
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
+        #: When a graceful stop gives up waiting (set by ``shutdown``).
+        self.drain_deadline = INF
         #: Exchanges running on application threads (see ``run_threaded``).
         self.threads_busy = 0
         self._busy_lock = threading.Lock()
@@ -206,9 +215,12 @@ class ServerContext:
         if self.access_log is not None:
             self.access_log.flush()
 
-    def shutdown(self) -> None:
-        """Stop reusing connections: idle ones close now, busy ones after their response."""
+    def shutdown(self, drain_deadline: float = INF) -> None:
+        """Stop reusing connections: each closes after its next response, an idle one of
+        a direct client soon, an idle one of a proxy or gateway at its keep-alive
+        deadline (``HTTPConnection.begin_shutdown``), all before ``drain_deadline``."""
         self.shutting_down = True
+        self.drain_deadline = drain_deadline
         for conn in list(self.connections):
             conn.begin_shutdown()
 
@@ -249,6 +261,10 @@ class HTTPConnection:
         self._tls = tls
         self._forwarding = False  # apply X-Forwarded-* / Forwarded (a trusted HTTP peer)
         self._peer_trusted = False
+        #: The peer is a gateway or a proxy that pools its connections to us (see
+        #: ``begin_shutdown``): a gateway protocol, or a trusted HTTP peer that sent
+        #: forwarding fields.
+        self._pooled = False
         self._proxy_pending = False  # waiting for a PROXY protocol header
         self._proxy_buf = b""
         self.transport: asyncio.Transport | None = None
@@ -284,6 +300,7 @@ class HTTPConnection:
         self._sf_sock = -1
         self._sf_dup = -1
         self._finish_pending = False
+        self._fin_sent = False  # the FIN went out with the last response (_write_last)
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -298,6 +315,7 @@ class HTTPConnection:
         peer = self._environ_base["REMOTE_ADDR"] or "unix"
         self._peer_trusted = peer in ctx.trusted
         self._forwarding = self._peer_trusted and not self.wire.GATEWAY
+        self._pooled = self.wire.GATEWAY
         self._proxy_pending = ctx.proxy_protocol
         ctx.connections.add(self)
         self._deadline = monotonic() + ctx.header_timeout
@@ -528,6 +546,7 @@ class HTTPConnection:
             # Tested here, not in apply_forwarded: a direct client on loopback (a
             # trusted peer) sends none of these, and a call would cost every request.
             apply_forwarded(environ, ctx.trusted)
+            self._pooled = True
         self._environ = environ
         self._dispatched = True
         if self.wire.their_state is not SEND_BODY:
@@ -639,7 +658,7 @@ class HTTPConnection:
             transport.write(out)
             self._abort_response(str(exc))
             return
-        transport.write(out)
+        self._write_last(transport, out)
         self._after_response()
 
     def send_body(self, data: bytes) -> None:
@@ -673,8 +692,7 @@ class HTTPConnection:
         except LocalProtocolError as exc:
             self._abort_response(str(exc))
             return
-        if tail:
-            self.transport.write(tail)
+        self._write_last(self.transport, tail)
         self._after_response()
 
     def send_error(self, status: int) -> None:
@@ -781,15 +799,14 @@ class HTTPConnection:
         self._drop_spool()
         wire.start_next_cycle()
         self._phase = _IDLE
+        self._deadline = monotonic() + ctx.keep_alive
         if self._closing or ctx.shutting_down:
             # Stopping, but this response went out without ``Connection: close`` (the
             # stop began after its head was sent): the client may be sending its next
             # request right now, so it is treated like any idle connection at shutdown
-            # (begin_shutdown): answered, with close, if it comes within the grace.
+            # (begin_shutdown): answered, with close, if it comes in time.
             self._closing = True
-            self._deadline = monotonic() + SHUTDOWN_IDLE_GRACE
-        else:
-            self._deadline = monotonic() + ctx.keep_alive
+            self._deadline = self._stop_idle_deadline()
         self._resume_reading()
         if not self._in_process and (wire.has_pending or wire.eof):
             self._process()
@@ -810,10 +827,65 @@ class HTTPConnection:
         self._deadline = monotonic() + LINGER
         self._drop_spool()
         self._resume_reading()
-        if transport.can_write_eof():
-            transport.write_eof()
-        else:
+        if not transport.can_write_eof():
             transport.close()
+        elif not self._fin_sent:
+            transport.write_eof()  # after the queued bytes (TLS: after close_notify)
+
+    def _write_last(self, transport: asyncio.Transport, out: bytes) -> None:
+        """Write a response's last bytes; if the connection closes after them, the FIN
+        goes out with them.
+
+        A gateway that pools its connections reads the end of our response, hands the
+        connection to its next request at once, and checks it for EOF first (Apache
+        ``ap_proxy_check_connection``). If our FIN is not there yet, that request goes
+        out on a connection we are closing and fails: mod_proxy_fcgi answers 503
+        ("Failed to read FastCGI header") and does not retry. ``write_eof`` sends the
+        FIN only on a later loop iteration (libuv shuts down from its pending queue),
+        milliseconds later in a busy worker, and even a shutdown right after the write
+        leaves the peer the microseconds in between. So over TCP the socket is corked
+        (TCP_CORK) while the last bytes are written and shut down: the FIN leaves in
+        the same segment as END_REQUEST (or the end of the HTTP response).
+        """
+        if self.wire.our_state is not MUST_CLOSE or self._tls:
+            if out:
+                transport.write(out)
+            return
+        corked = self._cork(transport, True)
+        if out:
+            transport.write(out)
+        if not transport.get_write_buffer_size():  # else: write_eof, after the flush
+            self._fin_sent = self._shutdown_now(transport)
+        if corked:
+            self._cork(transport, False)
+
+    def _cork(self, transport: asyncio.Transport, on: bool) -> bool:
+        """Set or clear TCP_CORK (TCP only); True if it was set."""
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+        except OSError:
+            return False
+        return True
+
+    def _shutdown_now(self, transport: asyncio.Transport) -> bool:
+        """Half-close now (the transport has nothing queued); False if it cannot."""
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            dup = socket.socket(fileno=os.dup(sock.fileno()))
+        except (OSError, ValueError):
+            return False
+        try:
+            dup.shutdown(socket.SHUT_WR)
+        except OSError:
+            transport.close()  # the peer is gone (ENOTCONN): nothing to linger for
+        finally:
+            dup.close()  # the dup only: the transport's own descriptor stays open
+        return True
 
     def _close_transport(self) -> None:
         if self.transport is not None and not self._lost:
@@ -875,6 +947,12 @@ class HTTPConnection:
         self._deadline = INF
         phase = self._phase
         if phase == _IDLE:
+            if self._input_waiting():
+                # A request is in the socket, not yet read: the tick runs before this
+                # loop iteration reads its input. Closing now would lose that request
+                # (a gateway such as mod_proxy_fcgi does not retry it); it is read next.
+                self._deadline = now + 1.0
+                return
             self._close_after_response()  # lingering: a request racing the close is not reset
         elif phase == _LINGER:
             self._close_transport()
@@ -887,16 +965,49 @@ class HTTPConnection:
                 self._reply_error(RequestTimeout("request body not received in time"))
 
     def begin_shutdown(self) -> None:
-        """Graceful shutdown: close after the current response, or soon if idle.
+        """Graceful shutdown: close after the current response, or when idle too long.
 
         An idle keep-alive connection is not closed at once: a client may be sending
-        its next request right now, and closing under it would fail that request.
-        Within SHUTDOWN_IDLE_GRACE it is answered (with ``Connection: close``);
-        after that, the connection is closed (half-closed first, never reset).
+        its next request right now, and closing under it would fail that request. A
+        request that comes is answered with close (HTTP ``Connection: close``; FastCGI:
+        the connection closes right after END_REQUEST, which a gateway sees before it
+        reuses the connection). An idle connection of a direct client is closed after
+        SHUTDOWN_IDLE_GRACE: a client retries a request that a keep-alive close cut
+        (RFC 9112 §9.3.1), and the stop should not wait for it.
+
+        An idle connection of a gateway or proxy (``_pooled``) is another matter: it
+        sits in the front-end's pool and is handed a request at any moment, without
+        warning, and mod_proxy_fcgi answers 503 instead of retrying one that our close
+        cut. So it is kept, and closed only at the deadline it would have had without
+        the stop (``--keep-alive`` after its last response; a front-end configured to
+        stop reusing idle connections before that, e.g. Apache ``ttl=``, never races
+        it) or just before the drain deadline: the stop adds no close that normal
+        operation would not make.
         """
         self._closing = True
         if self._phase == _IDLE:
-            self._deadline = min(self._deadline, monotonic() + SHUTDOWN_IDLE_GRACE)
+            self._deadline = min(self._deadline, self._stop_idle_deadline())
+
+    def _stop_idle_deadline(self) -> float:
+        """When an idle connection closes once the stop has begun (see begin_shutdown)."""
+        if self._pooled:
+            # LINGER before the drain deadline: the close is a clean one, not an abort.
+            return min(self._deadline, self.ctx.drain_deadline - LINGER)
+        return min(self._deadline, monotonic() + SHUTDOWN_IDLE_GRACE)
+
+    def _input_waiting(self) -> bool:
+        """Bytes are waiting in the socket's receive buffer (not yet read)."""
+        transport = self.transport
+        if transport is None or self._lost:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            count = fcntl.ioctl(sock.fileno(), termios.FIONREAD, _FIONREAD_BUF)
+        except (OSError, ValueError):
+            return False
+        return int.from_bytes(count, sys.byteorder) > 0
 
     # ------------------------------------------------------------ sendfile
 

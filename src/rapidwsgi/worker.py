@@ -303,9 +303,11 @@ class Worker:
         )
         for server in servers:
             server.close()
-        ctx.shutdown()
+        deadline = time.monotonic() + config.graceful_timeout
+        # Idle connections of a front-end's pool stay open until their keep-alive
+        # deadline, at most until this one (HTTPConnection.begin_shutdown).
+        ctx.shutdown(deadline if graceful else time.monotonic())
         if graceful:
-            deadline = time.monotonic() + config.graceful_timeout
             # A SIGQUIT now (the master's "stop at once", e.g. a second Ctrl-C) ends
             # the wait: what is left is aborted below.
             while ctx.connections and time.monotonic() < deadline and not self._quick:
