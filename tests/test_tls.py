@@ -267,3 +267,26 @@ def test_a_reload_keeps_the_certificate_loaded_at_start_when_the_files_are_gone(
     status, body, conn = https(server, client_context(pki))
     conn.close()
     assert (status, body) == (200, b"Hello, world!")
+
+
+def test_a_client_closing_cleanly_logs_nothing(start_server: Start, pki: Pki) -> None:
+    """A TLS client that ends with close_notify and a FIN: no asyncio warning about
+    eof_received() (its return value has no effect on a TLS transport)."""
+    server = start_server("apps:app", *tls_args(pki))
+    host, port = server.address  # type: ignore[misc]
+    context = client_context(pki)
+    for _ in range(3):
+        with socket.create_connection((host, port), timeout=10) as raw:
+            tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            received = b""
+            while not received.endswith(b"Hello, world!"):
+                part = tls.recv(65536)
+                assert part, received
+                received += part
+            plain = tls.unwrap()  # close_notify, answered by the server's
+            plain.shutdown(socket.SHUT_WR)
+            plain.settimeout(10)
+            assert plain.recv(65536) == b""  # the server closed its side too
+    assert server.stop() == 0
+    assert "eof_received" not in server.stderr, server.stderr

@@ -372,7 +372,11 @@ class HTTPConnection:
         self.wire.receive_data(b"")
         if not self._in_process:
             self._process()
-        return True
+        # True keeps a plain transport half-open: the response to a request that came
+        # before the client's FIN can still be written (RFC 9112 §9.6). A TLS transport
+        # ignores the value (the client's close_notify ended the session) and logs a
+        # warning when it is True.
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
