@@ -662,7 +662,10 @@ class HTTPConnection:
             transport.write(out)
             self._abort_response(str(exc))
             return
-        self._write_last(transport, out)
+        if wire.our_state is MUST_CLOSE:
+            self._write_last(transport, out)
+        else:
+            transport.write(out)
         self._after_response()
 
     def send_body(self, data: bytes) -> None:
@@ -837,8 +840,8 @@ class HTTPConnection:
             transport.write_eof()  # after the queued bytes (TLS: after close_notify)
 
     def _write_last(self, transport: asyncio.Transport, out: bytes) -> None:
-        """Write a response's last bytes; if the connection closes after them, the FIN
-        goes out with them.
+        """Write a response's last bytes (``out`` may be empty); if the connection closes
+        after them, the FIN goes out with them.
 
         A gateway that pools its connections reads the end of our response, hands the
         connection to its next request at once, and checks it for EOF first (Apache
