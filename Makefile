@@ -5,22 +5,34 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py') pyproject.toml setup.py
 
 .PHONY: serve test lint typecheck unit unit-compiled unit-source docs bench bench-quick bench-selftest clean
 
 $(VENV)/bin/python:
+	@echo "make: creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstalled whenever a source file changes, so tests never run a stale build.
 $(STAMP): $(VENV)/bin/python $(SOURCES)
+	@echo "make: installing rapidwsgi (compiled with mypyc) and the test tools into $(VENV) ..."
 	rm -rf build
 	$(BIN)/pip install --quiet '.[test]'
 	rm -rf build
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 
-serve: $(STAMP)
+# Serving needs only rapidwsgi itself (httptools, uvloop): not the test toolchain.
+$(SERVE_STAMP): $(VENV)/bin/python $(SOURCES)
+	@echo "make: installing rapidwsgi into $(VENV): dependencies, then compiling the hot path with mypyc (about a minute) ..."
+	rm -rf build
+	$(BIN)/pip install --progress-bar on .
+	rm -rf build
+	touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
+	@echo "make: serving the demo app on http://127.0.0.1:8000 (Ctrl-C stops it)"
 	$(BIN)/rapidwsgi --bind 127.0.0.1:8000 --access-logfile - rapidwsgi.demo:app
 
 test: lint typecheck unit

@@ -255,6 +255,9 @@ def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
     if path == "/304-with-length":
         start_response("304 Not Modified", [("Content-Length", "1234"), ("ETag", '"x"')])
         return []
+    if path == "/304-empty-iterable":
+        start_response("304 Not Modified", [("ETag", '"x"')])
+        return []
     if path == "/no-start":
         return [b"never started"]
     if path == "/server-header":

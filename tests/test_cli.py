@@ -136,6 +136,50 @@ def test_application_raising_on_import_exits_4_with_message_and_traceback() -> N
     assert "Traceback (most recent call last):" in result.stderr
     assert "raises_on_import.py" in result.stderr
     assert "_configure()" in result.stderr
+    # Only the application's frames: not the loader's, not importlib's.
+    assert "rapidwsgi" + os.sep + "loader.py" not in result.stderr
+    assert "importlib" not in result.stderr
+    assert "<frozen" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--workers", "abc"), "--workers: 'abc' is not an integer or 'auto'"),
+        (("--threads", "four"), "--threads: 'four' is not an integer"),
+        (("--keep-alive", "soon"), "--keep-alive: 'soon' is not a number"),
+        (("--keep-alive", "-1"), "--keep-alive: must be >= 0 (got -1)"),
+        (("--umask", "9z"), "--umask: '9z' is not an octal number such as 007"),
+        (("--protocol", "h2"), "--protocol: unknown protocol 'h2'; expected one of http, uwsgi, fastcgi"),
+        (
+            ("--forwarded-allow-ips", "10.0.0.0/8,bogus"),
+            "--forwarded-allow-ips: 'bogus' is not an address, a CIDR range, 'unix' or '*'",
+        ),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_flag_and_the_value_once(
+    args: tuple[str, str], message: str
+) -> None:
+    result = _run("--bind", "127.0.0.1:0", *args, "apps:app")
+    assert result.returncode == 2
+    assert _error_lines(result.stderr) == [f"rapidwsgi: error: {message}"]
+
+
+def test_bad_value_from_the_environment_names_the_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rapidwsgi", "apps:app"],
+        cwd=TESTS,
+        env={**_env(), "RAPIDWSGI_WORKERS": "abc"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert _error_lines(result.stderr) == [
+        "rapidwsgi: error: RAPIDWSGI_WORKERS: 'abc' is not an integer or 'auto'"
+    ]
 
 
 def test_port_in_use_exits_5_with_address_already_in_use_on_one_line() -> None:
@@ -548,10 +592,25 @@ def test_soft_open_files_limit_is_raised_so_more_clients_than_it_allows_are_serv
 
 def test_help_exits_0_and_lists_every_setting_with_its_help() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "rapidwsgi", "--help"], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-m", "rapidwsgi", "--help"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     for flag in ("--bind", "--workers", "--access-logformat", "--certfile", "--forwarded-allow-ips"):
         assert flag in result.stdout
     assert "%(h)s" in result.stdout  # the access-log atoms are shown as written, not expanded
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for default in (
+        "(default: 127.0.0.1:8000)",
+        "(default: 1)",
+        "(default: 5)",
+        "(default: 10)",
+        "(default: x-forwarded-for, x-forwarded-proto, x-forwarded-host)",
+        "(default: 0o0)",
+    ):
+        assert default in text, default

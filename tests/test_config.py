@@ -35,6 +35,7 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "bind": ("unix:/run/app.sock", ["unix:/run/app.sock"]),
         "protocol": ("uwsgi", ["uwsgi"]),
         "forwarded_allow_ips": ("10.0.0.0/8,unix", ["10.0.0.0/8", "unix"]),
+        "trusted_proxy_headers": ("x-real-ip,forwarded", ["x-real-ip", "forwarded"]),
         "cert_reqs": ("2", "required"),  # gunicorn's number, parsed to the name
     }
     if f.name in by_name:

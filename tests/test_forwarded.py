@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rapidwsgi.forwarded import TrustedPeers, apply_forwarded, validate_spec
+from rapidwsgi.forwarded import PROXY_HEADERS, ForwardingPolicy, TrustedPeers, validate_spec
 from tests.conftest import ServerProcess
 from tests.fuzz_gateway import uwsgi_packet
 from tests.rawhttp import RawConnectionExtras, ServerPool, get, wait_until
@@ -68,12 +68,16 @@ def test_trusted_peers_skip_blank_items_and_the_spec_validator_names_bad_ones() 
     assert message is not None and "not-an-ip" in message
 
 
-# ============================================================================ apply_forwarded
+# ============================================================================ ForwardingPolicy
 
 TRUSTED = TrustedPeers(["127.0.0.1", "10.0.0.0/8", "unix"])
+#: Every forwarding field trusted, nothing cleared: the parsing rules of each field.
+EVERY_FIELD = ForwardingPolicy(TRUSTED, PROXY_HEADERS, clear_untrusted=False)
+#: The defaults: what deploy/nginx/proxy.conf sets, the rest cleared.
+DEFAULT = ForwardingPolicy(TRUSTED)
 
 
-def forwarded(**headers: str) -> dict[str, Any]:
+def forwarded(policy: ForwardingPolicy = EVERY_FIELD, **headers: str) -> dict[str, Any]:
     environ: dict[str, Any] = {
         "REMOTE_ADDR": "127.0.0.1",
         "REMOTE_PORT": "50000",
@@ -81,7 +85,7 @@ def forwarded(**headers: str) -> dict[str, Any]:
         "HTTP_HOST": "internal:8000",
     }
     environ.update({f"HTTP_{name.upper()}": value for name, value in headers.items()})
-    apply_forwarded(environ, TRUSTED)
+    policy.apply(environ)
     return environ
 
 
@@ -171,6 +175,91 @@ def test_rfc7239_forwarded_without_pairs_is_ignored() -> None:
     assert environ["REMOTE_ADDR"] == "127.0.0.1"
 
 
+def test_default_policy_ignores_and_clears_a_client_sent_forwarded_header() -> None:
+    # nginx (deploy/nginx/proxy.conf) passes a client's own Forwarded through untouched.
+    environ = forwarded(
+        DEFAULT,
+        forwarded="for=6.6.6.6;proto=https;host=evil.example",
+        x_forwarded_for="198.51.100.4",
+        x_forwarded_proto="http",
+        x_forwarded_host="www.example.com",
+    )
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("198.51.100.4", "")
+    assert (environ["wsgi.url_scheme"], environ["HTTP_HOST"]) == ("http", "www.example.com")
+    assert "HTTP_FORWARDED" not in environ
+    assert environ["HTTP_X_FORWARDED_FOR"] == "198.51.100.4"  # trusted fields stay visible
+
+
+def test_default_policy_alone_with_a_lying_forwarded_changes_nothing_but_removes_it() -> None:
+    environ = forwarded(DEFAULT, forwarded="for=6.6.6.6;proto=https;host=evil.example")
+    assert environ == {
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "wsgi.url_scheme": "http",
+        "HTTP_HOST": "internal:8000",
+    }
+
+
+def test_default_policy_clears_x_real_ip_x_forwarded_port_and_by() -> None:
+    environ = forwarded(DEFAULT, x_real_ip="6.6.6.6", x_forwarded_port="4443", x_forwarded_by="10.0.0.1")
+    assert environ == {
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "wsgi.url_scheme": "http",
+        "HTTP_HOST": "internal:8000",
+    }
+
+
+def test_without_clearing_untrusted_fields_stay_as_plain_headers() -> None:
+    policy = ForwardingPolicy(TRUSTED, ["x-forwarded-for"], clear_untrusted=False)
+    environ = forwarded(policy, forwarded="for=6.6.6.6", x_forwarded_proto="https", x_real_ip="6.6.6.6")
+    assert (environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]) == ("127.0.0.1", "http")
+    assert environ["HTTP_FORWARDED"] == "for=6.6.6.6"
+    assert environ["HTTP_X_FORWARDED_PROTO"] == "https"
+    assert environ["HTTP_X_REAL_IP"] == "6.6.6.6"
+
+
+def test_only_the_named_fields_apply() -> None:
+    policy = ForwardingPolicy(TRUSTED, ["x-forwarded-for"])
+    environ = forwarded(
+        policy, x_forwarded_for="203.0.113.7", x_forwarded_proto="https", x_forwarded_host="e.x"
+    )
+    assert environ["REMOTE_ADDR"] == "203.0.113.7"
+    assert (environ["wsgi.url_scheme"], environ["HTTP_HOST"]) == ("http", "internal:8000")
+    assert "HTTP_X_FORWARDED_PROTO" not in environ and "HTTP_X_FORWARDED_HOST" not in environ
+
+
+def test_x_real_ip_sets_remote_addr_when_trusted() -> None:
+    policy = ForwardingPolicy(TRUSTED, ["x-real-ip"])
+    environ = forwarded(policy, x_real_ip=" 203.0.113.9 ")
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("203.0.113.9", "")
+
+
+def test_x_real_ip_that_is_no_address_is_ignored() -> None:
+    policy = ForwardingPolicy(TRUSTED, ["x-real-ip"])
+    assert forwarded(policy, x_real_ip="evil, 1.2.3.4")["REMOTE_ADDR"] == "127.0.0.1"
+
+
+def test_x_forwarded_for_wins_over_x_real_ip() -> None:
+    policy = ForwardingPolicy(TRUSTED, ["x-forwarded-for", "x-real-ip"])
+    environ = forwarded(policy, x_forwarded_for="203.0.113.7", x_real_ip="203.0.113.9")
+    assert environ["REMOTE_ADDR"] == "203.0.113.7"
+
+
+def test_x_forwarded_port_sets_server_port_from_the_nearest_proxy() -> None:
+    environ = forwarded(x_forwarded_port="80, 443")
+    assert environ["SERVER_PORT"] == "443"
+    assert "SERVER_PORT" not in forwarded(x_forwarded_port="44x3")
+    assert "SERVER_PORT" not in forwarded(x_forwarded_port="123456")
+
+
+def test_header_names_are_case_insensitive_and_unknown_ones_are_refused() -> None:
+    policy = ForwardingPolicy(TRUSTED, [" X-Forwarded-For ", "FORWARDED"])
+    assert policy.headers == frozenset({"x-forwarded-for", "forwarded"})
+    with pytest.raises(ValueError, match="unknown forwarding header 'x-forwarded-user'"):
+        ForwardingPolicy(TRUSTED, ["x-forwarded-user"])
+
+
 # ============================================================================ end to end
 
 UNTRUSTING = ("--forwarded-allow-ips", "10.0.0.1")
@@ -199,11 +288,29 @@ def test_forwarding_fields_from_a_trusted_peer_apply(pool: ServerPool) -> None:
     assert environ["HTTP_HOST"] == "www.example.com"
 
 
-def test_rfc7239_forwarded_from_a_trusted_peer_applies(pool: ServerPool) -> None:
+def test_rfc7239_forwarded_from_a_trusted_peer_applies_when_named(pool: ServerPool) -> None:
     headers = 'Forwarded: for="[2001:db8::5]:4000";proto=https;host=a.example\r\n'
-    environ = environ_of(pool.get(), get("/echo", headers=headers))
+    environ = environ_of(pool.get("--trusted-proxy-headers", "forwarded"), get("/echo", headers=headers))
     assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("2001:db8::5", "4000")
     assert (environ["wsgi.url_scheme"], environ["HTTP_HOST"]) == ("https", "a.example")
+
+
+def test_client_sent_forwarded_from_a_trusted_peer_is_ignored_and_removed_by_default(
+    pool: ServerPool,
+) -> None:
+    headers = "Forwarded: for=6.6.6.6;proto=https;host=evil.example\r\nX-Real-IP: 6.6.6.6\r\n"
+    environ = environ_of(pool.get(), get("/echo", host="internal", headers=headers))
+    assert environ["REMOTE_ADDR"] == "127.0.0.1"
+    assert environ["wsgi.url_scheme"] == "http"
+    assert environ["HTTP_HOST"] == "internal"
+    assert "HTTP_FORWARDED" not in environ and "HTTP_X_REAL_IP" not in environ
+
+
+def test_untrusted_fields_stay_with_no_clear_untrusted_proxy_headers(pool: ServerPool) -> None:
+    headers = "Forwarded: for=6.6.6.6\r\n"
+    server = pool.get("--no-clear-untrusted-proxy-headers")
+    environ = environ_of(server, get("/echo", host="internal", headers=headers))
+    assert (environ["REMOTE_ADDR"], environ["HTTP_FORWARDED"]) == ("127.0.0.1", "for=6.6.6.6")
 
 
 def test_forwarding_fields_from_a_unix_socket_peer_apply_by_default(pool: ServerPool) -> None:

@@ -562,6 +562,165 @@ def test_cgi_headers_content_type_and_length_land_where_pep3333_puts_them() -> N
     assert "HTTP_CONTENT_LENGTH" not in environ and "HTTP_CONTENT_TYPE" not in environ
 
 
+# What each front-end sends for GET /echo/x?q=1 (observed with the real servers; see
+# docs/frontends.md). The app must see one environ whichever it is.
+FRONT_END_VARIABLES = {
+    "nginx uwsgi_params": [(b"PATH_INFO", b"/echo/x")],
+    "nginx fastcgi_params": [(b"SCRIPT_NAME", b"/echo/x"), (b"DOCUMENT_URI", b"/echo/x")],
+    "Apache mod_proxy_fcgi": [(b"SCRIPT_NAME", b"/echo/x")],
+    "HAProxy fcgi-app": [(b"SCRIPT_NAME", b"/echo/x"), (b"PATH_INFO", b"")],
+    "lighttpd fix-root-scriptname": [(b"SCRIPT_NAME", b""), (b"PATH_INFO", b"/echo/x")],
+}
+
+
+@pytest.mark.parametrize("front_end", FRONT_END_VARIABLES)
+def test_cgi_path_info_comes_from_request_uri_whatever_the_front_end_split(front_end: str) -> None:
+    environ = environ_for(
+        [
+            (b"REQUEST_METHOD", b"GET"),
+            (b"REQUEST_URI", b"/echo/x?q=1"),
+            (b"QUERY_STRING", b"q=1"),
+            *FRONT_END_VARIABLES[front_end],
+        ]
+    )
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["QUERY_STRING"]) == ("", "/echo/x", "q=1")
+
+
+def test_cgi_lighttpd_first_segment_split_is_kept_as_a_mount_point() -> None:
+    # lighttpd with a "/" prefix and no fix-root-scriptname: indistinguishable from a
+    # real mount at /echo, so it is taken as one (docs/frontends.md: the config line).
+    environ = environ_for(
+        [
+            (b"REQUEST_METHOD", b"GET"),
+            (b"REQUEST_URI", b"/echo/x"),
+            (b"SCRIPT_NAME", b"/echo"),
+            (b"PATH_INFO", b"/x"),
+        ]
+    )
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/echo", "/x")
+
+
+def test_cgi_path_info_is_the_raw_target_decoded_not_the_gateways_normalised_one() -> None:
+    # nginx's $document_uri merges slashes and resolves dot segments; over HTTP the app
+    # sees the target as sent, and over a gateway too.
+    environ = environ_for(
+        [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/a//b%2Fc"), (b"PATH_INFO", b"/a/b/c")]
+    )
+    assert environ["PATH_INFO"] == "/a//b/c"
+    assert environ["RAW_URI"] == "/a//b%2Fc"
+
+
+@pytest.mark.parametrize(
+    "gateway_script_name", [b"", b"/app/page", b"/app", b"/other"], ids=["none", "whole", "same", "other"]
+)
+def test_cgi_root_path_wins_over_the_gateways_script_name(gateway_script_name: bytes) -> None:
+    variables = [
+        (b"REQUEST_METHOD", b"GET"),
+        (b"REQUEST_URI", b"/app/page"),
+        (b"SCRIPT_NAME", gateway_script_name),
+    ]
+    environ = environ_for(variables, {**BASE, "SCRIPT_NAME": "/app"})
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/app", "/page")
+
+
+def test_cgi_root_path_above_a_path_outside_it_leaves_the_whole_path() -> None:
+    environ = environ_for(
+        [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/elsewhere")], {**BASE, "SCRIPT_NAME": "/app"}
+    )
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/app", "/elsewhere")
+
+
+def test_cgi_percent_encoded_mount_point_matches_the_decoded_path() -> None:
+    environ = environ_for(
+        [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/my%20app/x"), (b"SCRIPT_NAME", b"/my app")]
+    )
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/my app", "/x")
+
+
+def test_cgi_target_is_rebuilt_from_script_name_and_path_info_without_request_uri() -> None:
+    environ = environ_for([(b"REQUEST_METHOD", b"GET"), (b"SCRIPT_NAME", b"/m"), (b"PATH_INFO", b"/x")])
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["RAW_URI"]) == ("/m", "/x", "/m/x")
+
+
+NGINX_POST = [
+    (b"REQUEST_METHOD", b"POST"),
+    (b"REQUEST_URI", b"/form"),
+    (b"CONTENT_TYPE", b"application/x-www-form-urlencoded"),
+    (b"CONTENT_LENGTH", b"7"),
+]
+
+
+def test_cgi_http_content_type_and_length_twins_that_agree_are_dropped() -> None:
+    # nginx's stock params send both the CGI variable and the header (bug: the two were
+    # joined, "a, a", and Django's request.POST came out empty).
+    twins = [(b"HTTP_CONTENT_TYPE", b"application/x-www-form-urlencoded"), (b"HTTP_CONTENT_LENGTH", b"7")]
+    environ = environ_for([*NGINX_POST, *twins])
+    assert environ["CONTENT_TYPE"] == "application/x-www-form-urlencoded"
+    assert environ["CONTENT_LENGTH"] == "7"
+    assert "HTTP_CONTENT_TYPE" not in environ and "HTTP_CONTENT_LENGTH" not in environ
+
+
+@pytest.mark.parametrize(
+    "twin",
+    [(b"HTTP_CONTENT_TYPE", b"text/plain"), (b"HTTP_CONTENT_LENGTH", b"8"), (b"HTTP_CONTENT_LENGTH", b"07")],
+)
+def test_cgi_twin_that_disagrees_with_its_cgi_variable_is_a_400(twin: tuple[bytes, bytes]) -> None:
+    with pytest.raises(BadRequest, match="disagrees") as info:
+        request_from_cgi([*NGINX_POST, twin], Limits())
+    assert info.value.status == 400
+
+
+def test_cgi_twin_alone_stands_for_its_cgi_variable() -> None:
+    environ = environ_for(
+        [
+            (b"REQUEST_METHOD", b"POST"),
+            (b"REQUEST_URI", b"/"),
+            (b"HTTP_CONTENT_TYPE", b"text/csv"),
+            (b"HTTP_CONTENT_LENGTH", b"3"),
+        ]
+    )
+    assert (environ["CONTENT_TYPE"], environ["CONTENT_LENGTH"]) == ("text/csv", "3")
+
+
+@pytest.mark.parametrize("length", [b"", b"-1", None], ids=["empty", "minus-one", "absent"])
+def test_fastcgi_post_with_unknown_length_reads_stdin_to_its_end(length: bytes | None) -> None:
+    # Caddy's FastCGI transport sends CONTENT_LENGTH=-1 for a chunked request body.
+    variables = [(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/digest")]
+    if length is not None:
+        variables.append((b"CONTENT_LENGTH", length))
+    outcome = all_ways("fastcgi", fastcgi_request(variables, b"chunked body", stdin_split=5))
+    assert [e[0] for e in outcome.events] == ["request", "data", "end"]
+    assert outcome.events[1] == ("data", b"chunked body")
+    request = request_from_cgi(variables, Limits(), length_optional=True)
+    assert request.content_length == 0
+    assert not any(name == b"content-length" for name, _ in request.headers)
+    assert "CONTENT_LENGTH" not in build_environ(dict(BASE), request, EMPTY_INPUT)
+
+
+def test_fastcgi_unknown_length_body_beyond_the_limit_is_413() -> None:
+    conn = FastCGIConnection(Limits(max_body=10))
+    variables = [(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/"), (b"CONTENT_LENGTH", b"-1")]
+    events = events_of(conn, fastcgi_request(variables, b"x" * 11))
+    assert isinstance(events[-1], ContentTooLarge)
+
+
+def test_uwsgi_content_length_minus_one_is_still_refused() -> None:
+    with pytest.raises(BadRequest, match="CONTENT_LENGTH"):
+        request_from_cgi(
+            [(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/"), (b"CONTENT_LENGTH", b"-1")], Limits()
+        )
+
+
+@pytest.mark.parametrize(("length", "expected"), [(b"0", "0"), (b"", None), (None, None)])
+def test_cgi_content_length_zero_is_kept_and_an_absent_one_stays_absent(
+    length: bytes | None, expected: str | None
+) -> None:
+    variables = [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/")]
+    if length is not None:
+        variables.append((b"CONTENT_LENGTH", length))
+    assert environ_for(variables).get("CONTENT_LENGTH") == expected
+
+
 # =============================================================================== properties
 
 FUZZ_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

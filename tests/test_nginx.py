@@ -259,6 +259,39 @@ def test_remote_addr_is_the_client_and_a_spoofed_x_forwarded_for_does_not_replac
     assert "6.6.6.6" in environ["HTTP_X_FORWARDED_FOR"]  # still visible, as a plain header
 
 
+LIES = {
+    "Forwarded": [("Forwarded", "for=6.6.6.6;proto=https;host=evil.example")],
+    "X-Forwarded-For": [("X-Forwarded-For", "6.6.6.6")],
+    "X-Forwarded-Proto": [("X-Forwarded-Proto", "https")],
+    "X-Forwarded-Host": [("X-Forwarded-Host", "evil.example")],
+    "X-Real-IP": [("X-Real-IP", "6.6.6.6")],
+    "all": [
+        ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Real-IP", "6.6.6.6"),
+    ],
+}
+
+
+@pytest.mark.parametrize("lie", LIES)
+def test_a_lying_client_changes_neither_remote_addr_nor_scheme_nor_host(nginx_front: Front, lie: str) -> None:
+    environ = environ_of(nginx_front, "/echo", LIES[lie])
+    assert environ["REMOTE_ADDR"] == "127.0.0.1"
+    assert environ["wsgi.url_scheme"] == "http"
+    assert environ["HTTP_HOST"] == HOST
+    if nginx_front.mode == "proxy":
+        # nginx passes these through; from the trusted proxy they are removed, since
+        # deploy/nginx/proxy.conf does not set them (--clear-untrusted-proxy-headers).
+        assert "HTTP_FORWARDED" not in environ and "HTTP_X_REAL_IP" not in environ
+        # The headers nginx does set carry its own values, right-most.
+        if lie in ("X-Forwarded-Proto", "all"):
+            assert environ["HTTP_X_FORWARDED_PROTO"] == "http"
+        if lie in ("X-Forwarded-Host", "all"):
+            assert environ["HTTP_X_FORWARDED_HOST"] == HOST
+
+
 def test_url_scheme_is_http_and_http_host_is_the_host_the_client_sent(nginx_front: Front) -> None:
     environ = environ_of(nginx_front, "/echo")
     assert environ["wsgi.url_scheme"] == "http"

@@ -154,6 +154,16 @@ def test_content_length_body_reaches_app_intact(server: ServerProcess) -> None:
         assert "HTTP_CONTENT_TYPE" not in environ
 
 
+def test_content_length_zero_sent_by_the_client_is_kept_and_an_absent_one_stays_absent(
+    server: ServerProcess,
+) -> None:
+    with connect(server) as conn:
+        sent = json_of(conn.request(b"GET /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"))
+        assert (sent["CONTENT_LENGTH"], sent["body_length"]) == ("0", 0)
+        absent = json_of(conn.request(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n"))
+        assert "CONTENT_LENGTH" not in absent
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_body_arriving_in_separate_segments_reaches_app_intact(server: ServerProcess, framing: str) -> None:
     pieces = [b"aaa", b"bbb", b"ccc", b"ddd"]
@@ -325,6 +335,20 @@ def test_204_has_no_body_and_no_content_length_and_304_keeps_app_length(server: 
         assert not_modified.header("content-length") == "1234"
         assert not_modified.header("transfer-encoding") is None
         # Any body byte of the 204 or 304 would corrupt this response.
+        following = conn.read_response()
+        assert (following.status, following.body) == (200, b"Hello, world!")
+
+
+@pytest.mark.parametrize("path", ["/status?code=304", "/304-empty-iterable"])
+def test_304_without_an_app_content_length_carries_none(server: ServerProcess, path: str) -> None:
+    # RFC 9110 §8.6: a 304's Content-Length must equal the 200's; "0" would be a lie
+    # (httpbin's /status/304, whitenoise's 304 for a 22 KB stylesheet).
+    with connect(server) as conn:
+        conn.send(get(path) + get("/hello"))
+        not_modified = conn.read_response()
+        assert not_modified.status == 304
+        assert not_modified.header("content-length") is None
+        assert not_modified.header("transfer-encoding") is None
         following = conn.read_response()
         assert (following.status, following.body) == (200, b"Hello, world!")
 

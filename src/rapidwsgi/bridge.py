@@ -206,7 +206,10 @@ class Exchange:
             body = bytes(body)
         length = response.content_length
         if length is None:
-            response.content_length = len(body)
+            if response.status != 304:
+                # RFC 9110 §8.6: a 304's Content-Length would describe the 200's
+                # content, which only the application knows: none unless it gave one.
+                response.content_length = len(body)
         elif len(body) > length:
             body = self._overflow(body, length)
         self.head_sent = True
@@ -278,7 +281,7 @@ class Exchange:
                 response = self.response
                 if response is None:
                     raise AppError("the application returned without calling start_response()")
-                if response.content_length is None:
+                if response.content_length is None and response.status != 304:  # (see above)
                     response.content_length = 0
                 self.head_sent = True
                 self.sink.send_head(response, b"", True)

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from . import __version__
 from .errors import ConfigError
-from .forwarded import validate_spec
+from .forwarded import DEFAULT_HEADERS, PROXY_HEADERS, validate_spec
 
 ENV_PREFIX: Final = "RAPIDWSGI_"
 _MISSING: Final[Any] = dataclasses.MISSING
@@ -39,11 +39,13 @@ def setting(
     choices: Sequence[str] | None = None,
     positional: bool = False,
     default_factory: Callable[[], Any] | None = None,
+    expects: str | None = None,
 ) -> Any:
     """Declare one setting (a dataclass field with its metadata).
 
     ``flags`` defaults to ``--name-with-dashes``; ``parse`` turns a string (CLI, env)
-    into the value; ``validate`` returns an error message or None.
+    into the value (``expects`` says what a custom ``parse`` accepts, for its error
+    message); ``validate`` returns an error message or None.
     """
     metadata = {
         "help": help,
@@ -54,6 +56,7 @@ def setting(
         "validate": validate,
         "choices": tuple(choices) if choices else None,
         "positional": positional,
+        "expects": expects,
     }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -84,7 +87,12 @@ def _comma_list(text: str) -> list[str]:
 
 def _protocols(value: list[str]) -> str | None:
     bad = [p for p in value if p not in PROTOCOLS]
-    return f"unknown protocol {bad[0]!r} (expected one of {', '.join(PROTOCOLS)})" if bad else None
+    return f"unknown protocol {bad[0]!r}; expected one of {', '.join(PROTOCOLS)}" if bad else None
+
+
+def _proxy_headers(value: list[str]) -> str | None:
+    bad = [h for h in value if h.lower() not in PROXY_HEADERS]
+    return f"unknown header {bad[0]!r}; expected some of {', '.join(PROXY_HEADERS)}" if bad else None
 
 
 def _workers(text: str) -> int:
@@ -170,14 +178,32 @@ class Config:
         validate=_protocols,
     )
     forwarded_allow_ips: list[str] = setting(
-        help="Peers trusted to say who the client is: X-Forwarded-For/-Proto/-Host and RFC 7239 "
-        "Forwarded from them set REMOTE_ADDR, wsgi.url_scheme and HTTP_HOST (from others they stay "
-        "plain headers). Addresses, CIDR ranges, 'unix' (unix-socket peers) or '*'. Comma-separated.",
+        help="Peers trusted to say who the client is: the --trusted-proxy-headers from them set "
+        "REMOTE_ADDR, wsgi.url_scheme and HTTP_HOST (from others they stay plain headers), and a "
+        "PROXY protocol header is accepted from them. Addresses, CIDR ranges, 'unix' (unix-socket "
+        "peers) or '*'. Comma-separated.",
         section="Server socket",
         metavar="ADDRESSES",
         parse=_comma_list,
         default_factory=lambda: ["127.0.0.1", "::1", "unix"],
         validate=validate_spec,
+    )
+    trusted_proxy_headers: list[str] = setting(
+        help="The forwarding headers the trusted proxies (--forwarded-allow-ips) set or overwrite "
+        "themselves: only these are applied (" + ", ".join(PROXY_HEADERS) + "). The default is "
+        "what deploy/nginx/proxy.conf sets; a client's own Forwarded or X-Real-IP passes through "
+        "nginx untouched and is not believed. Comma-separated.",
+        section="Server socket",
+        metavar="HEADERS",
+        parse=_comma_list,
+        default_factory=lambda: list(DEFAULT_HEADERS),
+        validate=_proxy_headers,
+    )
+    clear_untrusted_proxy_headers: bool = setting(
+        True,
+        help="Remove the forwarding headers not in --trusted-proxy-headers (and X-Forwarded-By) from "
+        "the environ of a trusted proxy's requests: only the client can have written them.",
+        section="Server socket",
     )
     proxy_protocol: bool = setting(
         False,
@@ -196,6 +222,7 @@ class Config:
         help="umask applied while creating unix sockets (octal, e.g. 007 for owner+group).",
         section="Server socket",
         parse=_octal,
+        expects="an octal number such as 007",
         validate=_umask,
     )
     certfile: str | None = setting(
@@ -237,6 +264,7 @@ class Config:
         section="Worker",
         flags=("-w", "--workers"),
         parse=_workers,
+        expects="an integer or 'auto'",
         validate=_non_negative,
     )
     threads: int = setting(
@@ -454,7 +482,9 @@ class Config:
             if check is not None:
                 problem = check(value)
                 if problem:
-                    raise ConfigError(f"{_flag(f)}: {problem} (got {value!r})")
+                    # A list's validator names the bad item itself; a scalar is shown as typed.
+                    shown = "" if isinstance(value, list) else f" (got {_show(value)})"
+                    raise ConfigError(f"{_flag(f)}: {problem}{shown}")
         if (config.keyfile or config.ca_certs or config.ciphers) and not config.certfile:
             raise ConfigError("--keyfile, --ca-certs and --ciphers need --certfile (TLS is off without it)")
         if config.cert_reqs != "none" and not config.ca_certs:
@@ -501,6 +531,10 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
         raise ConfigError(f"setting {name!r}: expected {getattr(base, '__name__', base)}, got {value!r}")
 
 
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _flag(f: dataclasses.Field[Any]) -> str:
     if f.metadata["positional"]:
         return f.metadata["metavar"] or f.name.upper()
@@ -512,16 +546,47 @@ def _env_name(f: dataclasses.Field[Any]) -> str:
     return ENV_PREFIX + f.name.upper()
 
 
+def _show(value: Any) -> str:
+    """A value as the user would have typed it (``-1``, not ``-1.0``; lists comma-joined)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+#: What a value of each kind must look like, for "'abc' is not an integer".
+_EXPECTED: Final[dict[Any, str]] = {
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean (true/false, yes/no, on/off, 1/0)",
+}
+
+
 def _parser_for(f: dataclasses.Field[Any], hint: Any) -> Callable[[str], Any]:
+    """The text -> value function of a setting; a bad text raises ValueError with a
+    message naming what was expected (argparse shows it as it is)."""
     custom = f.metadata["parse"]
-    if custom is not None:
-        return typing.cast(Callable[[str], Any], custom)
     base = _base_type(hint)
-    if base is bool:
-        return _parse_bool
-    if base is list:
+    if custom is not None:
+        parse = typing.cast(Callable[[str], Any], custom)
+        expected = f.metadata["expects"] or "a valid value"
+    elif base is bool:
+        parse, expected = _parse_bool, _EXPECTED[bool]
+    elif base is list:
         return str
-    return typing.cast(Callable[[str], Any], base)
+    else:
+        parse, expected = typing.cast(Callable[[str], Any], base), _EXPECTED.get(base, "a valid value")
+
+    def parse_text(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+
+    return parse_text
 
 
 def _parse_bool(text: str) -> bool:
@@ -540,6 +605,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad value raises ConfigError (the CLI reports it like any other)."""
 
     def error(self, message: str) -> typing.NoReturn:
+        # "argument -w/--workers: ..." -> "--workers: ...", as the other errors name it.
+        if message.startswith("argument ") and ": " in message:
+            flags, _, rest = message[len("argument ") :].partition(": ")
+            message = f"{flags.split('/')[-1]}: {rest}"
         raise ConfigError(message)
 
 
@@ -562,7 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
         base = _base_type(hint)
         # argparse expands %-formats in help texts (%(default)s): a literal % (the
         # access log atoms, %(h)s) must be doubled.
-        kwargs: dict[str, Any] = {"help": f.metadata["help"].replace("%", "%%"), "dest": f.name}
+        help_text = f.metadata["help"]
+        default = _default_of(f)
+        if not f.metadata["positional"] and default is not None and default != "":
+            help_text += f" (default: {oct(default) if f.name == 'umask' else _show(default)})"
+        kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%"), "dest": f.name}
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
         if f.metadata["positional"]:
@@ -596,7 +669,7 @@ def values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[f.name] = [item.strip() for item in raw.split(",") if item.strip()]
             else:
                 values[f.name] = _parser_for(f, hint)(raw)
-        except ValueError as exc:
+        except (ValueError, argparse.ArgumentTypeError) as exc:
             raise ConfigError(f"{_env_name(f)}: {exc}") from None
     return values
 
@@ -654,7 +727,7 @@ def settings_markdown() -> str:
             if base is bool:
                 flags = (*flags, "--no-" + flags[-1][2:])
             cli = ", ".join(f"`{flag}`" for flag in flags)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = _default_of(f)
         if f.name == "umask":
             default_text = f"`{oct(typing.cast(int, default))}`"
         else:

@@ -46,7 +46,7 @@ from typing import IO, Any, Final, cast
 from .bridge import Exchange
 from .errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
 from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Reply, Request, Response
-from .forwarded import TrustedPeers, apply_forwarded
+from .forwarded import ForwardingPolicy, TrustedPeers
 from .log import AccessLog, AccessRecord, Clock, error_log
 from .protocols._state import DONE, ERROR, IDLE, MUST_CLOSE, SEND_BODY
 from .protocols.base import Limits, ServerConnection
@@ -106,7 +106,7 @@ class ServerContext:
         send_timeout: float = 60.0,
         access_log: AccessLog | None = None,
         on_request_done: Callable[[], None] | None = None,
-        trusted: TrustedPeers | None = None,
+        forwarding: ForwardingPolicy | None = None,
         proxy_protocol: bool = False,
     ) -> None:
         self.app = app
@@ -121,7 +121,10 @@ class ServerContext:
         self.send_timeout = send_timeout
         self.access_log = access_log
         self.on_request_done = on_request_done
-        self.trusted = trusted if trusted is not None else TrustedPeers(("127.0.0.1", "::1", "unix"))
+        if forwarding is None:
+            forwarding = ForwardingPolicy(TrustedPeers(("127.0.0.1", "::1", "unix")))
+        self.forwarding = forwarding
+        self.trusted = forwarding.trusted
         self.proxy_protocol = proxy_protocol
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
@@ -459,15 +462,8 @@ class HTTPConnection:
         assert request is not None
         ctx = self.ctx
         environ = build_environ(self._environ_base, request, wsgi_input)
-        if self._forwarding and (
-            "HTTP_X_FORWARDED_FOR" in environ
-            or "HTTP_FORWARDED" in environ
-            or "HTTP_X_FORWARDED_PROTO" in environ
-            or "HTTP_X_FORWARDED_HOST" in environ
-        ):
-            # Tested here, not in apply_forwarded: a direct client on loopback (a
-            # trusted peer) sends none of these, and a call would cost every request.
-            apply_forwarded(environ, ctx.trusted)
+        if self._forwarding:
+            ctx.forwarding.apply(environ)
         self._environ = environ
         self._dispatched = True
         if self.wire.their_state is not SEND_BODY:

@@ -1,17 +1,21 @@
 """The bundled demo application: ``rapidwsgi rapidwsgi.demo:app``.
 
 Routes: ``/`` an HTML page, ``/hello`` plain text, ``/json`` a JSON document,
-``/stream?n=N`` a chunked stream of N lines, ``/upload`` a form (GET) and an echo of
-the request body (POST, streamed back as it is read), ``/environ`` the WSGI environ
+``/stream?n=N`` a chunked stream of N lines, ``/upload`` a file-upload form (GET), the
+name, size and SHA-256 of the file a browser uploaded with it (a multipart POST), or an
+echo of any other request body (POST, streamed back as it is read), ``/environ`` the WSGI environ
 as JSON (handy when checking what a proxy passes through).
 """
 
 from __future__ import annotations
 
+import email.policy
+import hashlib
 import html
 import json
 import os
 from collections.abc import Iterable, Iterator
+from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -37,11 +41,60 @@ code{{background:#f3f3f3;padding:0 .25rem}}</style></head>
 """
 
 _FORM = b"""<!doctype html><html><head><meta charset="utf-8"><title>upload</title></head>
-<body><form method="post" action="/upload" enctype="application/octet-stream">
-<p>POST a body to /upload and it comes back, e.g.
+<body><h1>Upload a file</h1>
+<form method="post" action="/upload" enctype="multipart/form-data">
+<p><input type="file" name="file" required> <button type="submit">Upload</button></p>
+</form>
+<p>The page that comes back names the file, its size and its SHA-256. Any other POST body
+is echoed back as it is read, e.g.
 <code>curl --data-binary @file http://127.0.0.1:8000/upload</code></p>
-</form></body></html>
+</body></html>
 """
+
+#: The demo reads a browser's multipart upload into memory: bounded.
+MAX_FORM_UPLOAD = 16 << 20
+
+_UPLOADED = """<!doctype html><html><head><meta charset="utf-8"><title>uploaded</title></head>
+<body><h1>Uploaded</h1><table>
+<tr><th>file</th><td>{name}</td></tr><tr><th>type</th><td>{ctype}</td></tr>
+<tr><th>bytes</th><td>{size}</td></tr><tr><th>SHA-256</th><td><code>{digest}</code></td></tr>
+</table><p><a href="/upload">Upload another</a></p></body></html>
+"""
+
+
+def _form_files(content_type: str, body: bytes) -> list[tuple[str, str, bytes]]:
+    """(filename, content type, content) of each file in a multipart/form-data body."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    files = []
+    for part in message.iter_parts():
+        name = part.get_filename()
+        if name is not None:
+            payload = part.get_payload(decode=True)
+            files.append((name, part.get_content_type(), payload if isinstance(payload, bytes) else b""))
+    return files
+
+
+def _upload_page(environ: Environ, start_response: Any) -> list[bytes]:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "0")
+    except ValueError:
+        length = -1
+    if length < 0 or length > MAX_FORM_UPLOAD:
+        return _respond(start_response, "413 Content Too Large", "text/plain", b"Upload up to 16 MiB here.\n")
+    files = _form_files(environ.get("CONTENT_TYPE", ""), environ["wsgi.input"].read(length))
+    if not files:
+        return _respond(start_response, "400 Bad Request", "text/plain", b"No file in the form.\n")
+    name, ctype, content = files[0]
+    page = _UPLOADED.format(
+        name=html.escape(name),
+        ctype=html.escape(ctype),
+        size=len(content),
+        digest=hashlib.sha256(content).hexdigest(),
+    )
+    return _respond(start_response, "200 OK", "text/html; charset=utf-8", page.encode())
+
 
 Environ = dict[str, Any]
 
@@ -92,6 +145,8 @@ def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
         return _stream(count)
     if path == "/upload":
+        if method == "POST" and environ.get("CONTENT_TYPE", "").startswith("multipart/form-data"):
+            return _upload_page(environ, start_response)
         if method == "POST":
             length = environ.get("CONTENT_LENGTH")
             headers = [("Content-Type", environ.get("CONTENT_TYPE") or "application/octet-stream")]

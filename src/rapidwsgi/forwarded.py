@@ -2,12 +2,13 @@
 
 Contract: :class:`TrustedPeers` answers whether a peer address (or ``"unix"`` for a
 unix socket) is in ``--forwarded-allow-ips`` (addresses, CIDR ranges, ``unix``, ``*``).
-:func:`apply_forwarded` rewrites an environ from a trusted peer's RFC 7239 ``Forwarded``
-field, or else its ``X-Forwarded-For`` / ``X-Forwarded-Proto`` / ``X-Forwarded-Host``
-fields: REMOTE_ADDR (and REMOTE_PORT when given), ``wsgi.url_scheme``, HTTP_HOST. The
-client address is the right-most one not itself a trusted proxy, so a client cannot pose
-as another by sending its own ``X-Forwarded-For``. From other peers these fields stay
-plain headers.
+:class:`ForwardingPolicy` rewrites the environ of a trusted peer's request from the
+forwarding fields that ``--trusted-proxy-headers`` says the proxy sets (by default
+exactly what deploy/nginx/proxy.conf sets: ``X-Forwarded-For``, ``-Proto``, ``-Host``)
+and, with ``--clear-untrusted-proxy-headers``, removes the other forwarding fields, which
+only the client can have written. The client address is the right-most one not itself a
+trusted proxy, so a client cannot pose as another by sending its own
+``X-Forwarded-For``. From other peers all these fields stay plain headers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 _MAX_CACHED: Final = 1024
+
+#: The forwarding fields ``--trusted-proxy-headers`` may name, with their environ keys.
+PROXY_HEADERS: Final = {
+    "forwarded": "HTTP_FORWARDED",
+    "x-forwarded-for": "HTTP_X_FORWARDED_FOR",
+    "x-forwarded-proto": "HTTP_X_FORWARDED_PROTO",
+    "x-forwarded-host": "HTTP_X_FORWARDED_HOST",
+    "x-forwarded-port": "HTTP_X_FORWARDED_PORT",
+    "x-real-ip": "HTTP_X_REAL_IP",
+}
+#: Exactly what the shipped deploy/nginx/proxy.conf sets (overwrites or appends to).
+DEFAULT_HEADERS: Final = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+#: Cleared from a trusted peer's requests but never applied (waitress clears it too).
+_CLEARED_ONLY: Final = ("HTTP_X_FORWARDED_BY",)
 
 
 class TrustedPeers:
@@ -106,45 +121,122 @@ def _parse_forwarded(value: str) -> list[dict[str, str]]:
     return elements
 
 
-def apply_forwarded(environ: dict[str, Any], trusted: TrustedPeers) -> None:
-    """Rewrite ``environ`` from the forwarding fields of a trusted peer (see above)."""
-    forwarded = environ.get("HTTP_FORWARDED")
-    if forwarded:
-        elements = _parse_forwarded(forwarded)
-        if not elements:
-            return
-        client = elements[0]
-        for element in reversed(elements):
-            address, _ = _node(element.get("for", ""))
-            client = element
-            if address not in trusted:
+class ForwardingPolicy:
+    """What a trusted peer may say about the client, and what is cleared from the environ.
+
+    ``headers`` names the forwarding fields the trusted proxy sets or overwrites
+    itself (``--trusted-proxy-headers``, waitress's ``trusted_proxy_headers``): only
+    those are applied. A client's own ``Forwarded`` or ``X-Forwarded-Proto`` passes
+    through most proxies untouched, so a field the proxy does not set must not be
+    believed; with ``clear_untrusted`` (waitress's ``clear_untrusted_proxy_headers``)
+    it is also removed from the environ, so the application cannot believe it either.
+
+    Applied from a trusted peer (precedence for the address: ``Forwarded``, then
+    ``X-Forwarded-For``, then ``X-Real-IP``):
+
+    * ``forwarded``: RFC 7239 ``for`` (the right-most element whose node is not a
+      trusted proxy), ``proto`` and ``host`` of the nearest element; when it is
+      present, the ``X-Forwarded-*`` fields are not mixed in.
+    * ``x-forwarded-for``: the right-most address that is not itself a trusted proxy
+      (entries left of it were written by the client and are not believed).
+    * ``x-real-ip``: one address (nginx ``proxy_set_header X-Real-IP $remote_addr``).
+    * ``x-forwarded-proto`` (``http``/``https``), ``x-forwarded-host``,
+      ``x-forwarded-port``: the right-most value, the one the nearest proxy added.
+    """
+
+    def __init__(
+        self,
+        trusted: TrustedPeers,
+        headers: Iterable[str] = DEFAULT_HEADERS,
+        clear_untrusted: bool = True,
+    ) -> None:
+        self.trusted = trusted
+        names = frozenset(h.strip().lower() for h in headers if h.strip())
+        unknown = names - PROXY_HEADERS.keys()
+        if unknown:
+            raise ValueError(f"unknown forwarding header {sorted(unknown)[0]!r}")
+        self.headers = names
+        self._forwarded = "forwarded" in names
+        self._for = "x-forwarded-for" in names
+        self._real_ip = "x-real-ip" in names
+        self._proto = "x-forwarded-proto" in names
+        self._host = "x-forwarded-host" in names
+        self._port = "x-forwarded-port" in names
+        applied = tuple(key for name, key in PROXY_HEADERS.items() if name in names)
+        cleared = tuple(key for name, key in PROXY_HEADERS.items() if name not in names)
+        self._clear = (*cleared, *_CLEARED_ONLY) if clear_untrusted else ()
+        #: The environ keys whose presence makes :meth:`apply` do anything.
+        self._triggers = applied + self._clear
+
+    def apply(self, environ: dict[str, Any]) -> None:
+        """Rewrite ``environ`` of a request from a trusted peer (see the class docstring)."""
+        for key in self._triggers:
+            if key in environ:
                 break
-        if "for" in client:
-            address, port = _node(client["for"])
-            if address and not address.startswith("_") and address != "unknown":
-                environ["REMOTE_ADDR"] = address
-                environ["REMOTE_PORT"] = port
-        last = elements[-1]
-        proto = last.get("proto", "").lower()
-        if proto in ("http", "https"):
-            environ["wsgi.url_scheme"] = proto
-        if last.get("host"):
-            environ["HTTP_HOST"] = last["host"]
+        else:
+            return  # the common case: a direct client on a trusted address sends none
+        for key in self._clear:
+            environ.pop(key, None)
+        if self._forwarded:
+            forwarded = environ.get("HTTP_FORWARDED")
+            if forwarded:
+                _apply_rfc7239(environ, forwarded, self.trusted)
+                return
+        if self._for and environ.get("HTTP_X_FORWARDED_FOR"):
+            addresses = _split(environ["HTTP_X_FORWARDED_FOR"])
+            client_address = addresses[0] if addresses else ""
+            for address in reversed(addresses):
+                client_address = address
+                if address not in self.trusted:
+                    break
+            if client_address:
+                environ["REMOTE_ADDR"] = client_address
+                environ["REMOTE_PORT"] = ""
+        elif self._real_ip:
+            real_ip = (environ.get("HTTP_X_REAL_IP") or "").strip()
+            if real_ip and _is_address(real_ip):
+                environ["REMOTE_ADDR"] = real_ip
+                environ["REMOTE_PORT"] = ""
+        if self._proto:
+            protos = _split(environ.get("HTTP_X_FORWARDED_PROTO") or "")
+            if protos and protos[-1].lower() in ("http", "https"):
+                environ["wsgi.url_scheme"] = protos[-1].lower()
+        if self._host:
+            hosts = _split(environ.get("HTTP_X_FORWARDED_HOST") or "")
+            if hosts:
+                environ["HTTP_HOST"] = hosts[-1]
+        if self._port:
+            ports = _split(environ.get("HTTP_X_FORWARDED_PORT") or "")
+            if ports and ports[-1].isdigit() and ports[-1].isascii() and len(ports[-1]) <= 5:
+                environ["SERVER_PORT"] = ports[-1]
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _apply_rfc7239(environ: dict[str, Any], value: str, trusted: TrustedPeers) -> None:
+    elements = _parse_forwarded(value)
+    if not elements:
         return
-    chain = environ.get("HTTP_X_FORWARDED_FOR")
-    if chain:
-        addresses = _split(chain)
-        client_address = addresses[0] if addresses else ""
-        for address in reversed(addresses):
-            client_address = address
-            if address not in trusted:
-                break
-        if client_address:
-            environ["REMOTE_ADDR"] = client_address
-            environ["REMOTE_PORT"] = ""
-    protos = _split(environ.get("HTTP_X_FORWARDED_PROTO") or "")
-    if protos and protos[-1].lower() in ("http", "https"):
-        environ["wsgi.url_scheme"] = protos[-1].lower()
-    hosts = _split(environ.get("HTTP_X_FORWARDED_HOST") or "")
-    if hosts:
-        environ["HTTP_HOST"] = hosts[-1]
+    client = elements[0]
+    for element in reversed(elements):
+        address, _ = _node(element.get("for", ""))
+        client = element
+        if address not in trusted:
+            break
+    if "for" in client:
+        address, port = _node(client["for"])
+        if address and not address.startswith("_") and address != "unknown":
+            environ["REMOTE_ADDR"] = address
+            environ["REMOTE_PORT"] = port
+    last = elements[-1]
+    proto = last.get("proto", "").lower()
+    if proto in ("http", "https"):
+        environ["wsgi.url_scheme"] = proto
+    if last.get("host"):
+        environ["HTTP_HOST"] = last["host"]

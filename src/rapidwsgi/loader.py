@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import sys
 import traceback
 from typing import Any
@@ -51,14 +52,42 @@ def _import(module_name: str) -> Any:
             raise AppLoadError(
                 f"cannot import module {module_name!r}: {exc} (sys.path[0] is {sys.path[0]!r})"
             ) from None
-        raise AppLoadError(f"error while importing {module_name!r}: {exc}", traceback.format_exc()) from None
+        raise AppLoadError(f"error while importing {module_name!r}: {exc}", app_traceback(exc)) from None
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise AppLoadError(
             f"error while importing {module_name!r}: {type(exc).__name__}: {exc}",
-            traceback.format_exc(),
+            app_traceback(exc),
         ) from None
+
+
+# Frames that are the loading machinery, not the application: rapidwsgi's own modules
+# and importlib's (``<frozen importlib._bootstrap>``, ``importlib/__init__.py``).
+_MACHINERY = (os.path.dirname(os.path.abspath(__file__)) + os.sep, "<frozen importlib.")
+_IMPORTLIB = os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep
+
+
+def _is_machinery(filename: str) -> bool:
+    return filename.startswith(_MACHINERY) or os.path.abspath(filename).startswith(_IMPORTLIB)
+
+
+def app_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` with only the application's frames (and its chained
+    exceptions'): what the user can act on, without the loader and importlib."""
+    summary = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    pending = [summary]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not _is_machinery(frame.filename)]
+        )
+        pending += [chained for chained in (current.__cause__, current.__context__) if chained is not None]
+    return "".join(summary.format())
 
 
 def _evaluate(module: Any, module_name: str, expression: str) -> Any:
@@ -88,7 +117,7 @@ def _evaluate(module: Any, module_name: str, expression: str) -> Any:
         except Exception as exc:
             raise AppLoadError(
                 f"application factory {module_name}:{expression} failed: {type(exc).__name__}: {exc}",
-                traceback.format_exc(),
+                app_traceback(exc),
             ) from None
     return _resolve(module, module_name, node, expression)
 

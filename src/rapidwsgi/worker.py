@@ -27,7 +27,7 @@ from typing import Final, cast
 from . import __version__
 from .config import Config
 from .connection import HTTPConnection, ServerContext
-from .forwarded import TrustedPeers
+from .forwarded import ForwardingPolicy, TrustedPeers
 from .log import AccessLog, Clock, error_log, reopen_error_log
 from .protocols.base import Limits, ServerConnection
 from .protocols.fastcgi import FastCGIConnection
@@ -245,7 +245,11 @@ class Worker:
             body_timeout=config.body_timeout,
             send_timeout=config.send_timeout,
             access_log=access_log,
-            trusted=TrustedPeers(config.forwarded_allow_ips),
+            forwarding=ForwardingPolicy(
+                TrustedPeers(config.forwarded_allow_ips),
+                config.trusted_proxy_headers,
+                config.clear_untrusted_proxy_headers,
+            ),
             proxy_protocol=config.proxy_protocol,
             on_request_done=self._request_done if self.supervision is not None else None,
         )

@@ -98,17 +98,19 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
     if decoded is None:
         decoded = _decode_target(request)
     path_info, query, target = decoded
+    script_name: str = environ["SCRIPT_NAME"]  # --root-path
     extra = request.extra
     if extra:
-        # A gateway's CGI variables (uwsgi, FastCGI): SCRIPT_NAME and PATH_INFO it set
-        # win over the computed ones, as do REMOTE_ADDR, SERVER_NAME, ...
+        # A gateway's CGI variables (uwsgi, FastCGI): REMOTE_ADDR, SERVER_NAME, ... win
+        # over the computed ones. Its SCRIPT_NAME (only a mount point above the path,
+        # see protocols/cgi.py) applies unless --root-path says otherwise.
         environ.update(extra)
-    if extra and "PATH_INFO" in extra:
-        path_info = extra["PATH_INFO"]  # already split from SCRIPT_NAME by the gateway
-    else:
-        script_name: str = environ["SCRIPT_NAME"]
-        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
-            path_info = path_info[len(script_name) :]
+        if script_name:
+            environ["SCRIPT_NAME"] = script_name
+        else:
+            script_name = environ["SCRIPT_NAME"]
+    if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+        path_info = path_info[len(script_name) :]
     method = _methods.get(request.method)
     if method is None:
         method = request.method.decode("latin-1")
@@ -120,13 +122,16 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
     if not extra or "SERVER_PROTOCOL" not in extra:
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.version == b"1.1" else "HTTP/1.0"
     environ["wsgi.input"] = wsgi_input
-    if request.content_length:
-        environ["CONTENT_LENGTH"] = str(request.content_length)
     for name, value in request.headers:
         key = _ENVIRON_KEYS.get(name)
         if key is None:
             key = _environ_key(name)
         if not key:
+            if name == b"content-length":
+                # Set from the parsed framing (never joined from repeats), also when it
+                # is 0: a client that sent "Content-Length: 0" said so (PEP 3333 "may
+                # be empty or absent" is for a field that was not sent).
+                environ["CONTENT_LENGTH"] = str(request.content_length)
             continue
         text = value.decode("latin-1")
         if key in environ:

@@ -267,7 +267,7 @@ class FastCGIConnection(GatewayConnection):
         raise BadRequest(f"fastcgi: record type {kind} out of order")
 
     def _request(self) -> Request:
-        request = request_from_cgi(decode_pairs(bytes(self._params)), self.limits)
+        request = request_from_cgi(decode_pairs(bytes(self._params)), self.limits, length_optional=True)
         self._params.clear()
         self._phase = _IN_STDIN
         declared = any(name == b"content-length" for name, _ in request.headers)
