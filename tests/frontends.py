@@ -155,9 +155,7 @@ class Frontend:
         last = ""
         for _ in range(3):  # the free port may be taken between probing and binding
             self.port = free_port()
-            self.conf_path = self.write_config(
-                _upstream_into(self.source.read_text(), upstream, self.source)
-            )
+            self.conf_path = self.write_config(_upstream_into(self.source.read_text(), upstream, self.source))
             if self._start(start_timeout):
                 return
             last = self.log
@@ -270,7 +268,9 @@ class Apache(Frontend):
     www-data (Apache refuses to run them as root), so unix sockets must be reachable."""
 
     name = "apache"
-    complaint = re.compile(r"\[(proxy\w*|core|mpm_event):(warn|error|crit|alert|emerg)\]|AH0\d+: .*(error|fail)")
+    complaint = re.compile(
+        r"\[(proxy\w*|core|mpm_event):(warn|error|crit|alert|emerg)\]|AH0\d+: .*(error|fail)"
+    )
 
     def write_config(self, shipped: str) -> Path:
         modules = re.search(r"^# Modules: (.+?)(?:\s{2,}|\(|$)", shipped, re.M)
@@ -281,7 +281,9 @@ class Apache(Frontend):
         assert found is not None, f"{self.source}: no <VirtualHost *:80>"
         site = found.group(1)
         if self.mount:
-            site, count = re.subn(r"^(\s*ProxyPass) / (\S+?)/( |$)", rf"\1 {self.mount}/ \2{self.mount}/\3", site, flags=re.M)
+            site, count = re.subn(
+                r"^(\s*ProxyPass) / (\S+?)/( |$)", rf"\1 {self.mount}/ \2{self.mount}/\3", site, flags=re.M
+            )
             assert count == 1, site
         user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
         conf = f"""
@@ -323,7 +325,9 @@ class HAProxy(Frontend):
     name = "haproxy"
     # A request log line whose termination state blames the server, the proxy or an
     # internal error, or a 5xx; or an alert/warning about the server.
-    complaint = re.compile(r" (5\d\d) \d+ \S+ \S+ [A-Z-]{4} | [SPRID][A-Z-]{3} \d+/\d+/\d+/\d+/\d+ |\[(ALERT|WARNING)\]")
+    complaint = re.compile(
+        r" (5\d\d) \d+ \S+ \S+ [A-Z-]{4} | [SPRID][A-Z-]{3} \d+/\d+/\d+/\d+/\d+ |\[(ALERT|WARNING)\]"
+    )
 
     def write_config(self, shipped: str) -> Path:
         conf, count = re.subn(r"^(\s*)bind :80$", rf"\g<1>bind 127.0.0.1:{self.port}", shipped, flags=re.M)
@@ -347,7 +351,9 @@ class Caddy(Frontend):
         site, count = re.subn(r"^:80 \{$", f":{self.port} {{\n\tbind 127.0.0.1", shipped, flags=re.M)
         assert count == 1, f"{self.source}: no ':80 {{'"
         if self.mount:
-            site = site.replace("\treverse_proxy ", f"\t@mounted path {self.mount}/*\n\treverse_proxy @mounted ", 1)
+            site = site.replace(
+                "\treverse_proxy ", f"\t@mounted path {self.mount}/*\n\treverse_proxy @mounted ", 1
+            )
         conf = "{\n\tadmin off\n\tauto_https off\n}\n" + site
         path = self.prefix / "Caddyfile"
         path.write_text(conf)
@@ -370,12 +376,14 @@ class Lighttpd(Frontend):
     """``lighttpd -D`` (foreground), its error log under the prefix."""
 
     name = "lighttpd"
-    complaint = re.compile(r"\((gw_backend|mod_fastcgi|mod_proxy|http_chunk|http-header-glue|response|chunk)\.c\.\d+\)")
+    complaint = re.compile(
+        r"\((gw_backend|mod_fastcgi|mod_proxy|http_chunk|http-header-glue|response|chunk)\.c\.\d+\)"
+    )
 
     def write_config(self, shipped: str) -> Path:
         conf = shipped
         for pattern, value in (
-            (r"^server\.port = 80$", f"server.port = {self.port}\nserver.bind = \"127.0.0.1\""),
+            (r"^server\.port = 80$", f'server.port = {self.port}\nserver.bind = "127.0.0.1"'),
             (r'^server\.document-root = "[^"]*"$', f'server.document-root = "{self.prefix / "htdocs"}"'),
         ):
             conf, count = re.subn(pattern, value.replace("\\", "\\\\"), conf, flags=re.M)
@@ -397,12 +405,15 @@ class Lighttpd(Frontend):
         return [self.prefix / "error.log"]
 
 
-FRONTENDS: dict[str, type[Frontend]] = {"apache": Apache, "haproxy": HAProxy, "caddy": Caddy, "lighttpd": Lighttpd}
+FRONTENDS: dict[str, type[Frontend]] = {
+    "apache": Apache,
+    "haproxy": HAProxy,
+    "caddy": Caddy,
+    "lighttpd": Lighttpd,
+}
 
 
-def start_frontend(
-    prefix: Path, mode: Mode, upstream: tuple[str, int] | str, *, mount: str = ""
-) -> Frontend:
+def start_frontend(prefix: Path, mode: Mode, upstream: tuple[str, int] | str, *, mount: str = "") -> Frontend:
     return FRONTENDS[mode.frontend](prefix, mode, upstream, mount=mount)
 
 

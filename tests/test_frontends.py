@@ -16,6 +16,8 @@ the defaults (127.0.0.1 trusted).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -49,6 +51,11 @@ class Front:
     mode: Mode
     server: ServerProcess
     frontend: Frontend
+    log_mark: dict[Path, int] = field(default_factory=dict)
+
+    def forget_log(self) -> None:
+        """What the front-end logged so far is expected (a refusal the test asserts)."""
+        self.log_mark = self.frontend.log_mark()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -119,12 +126,12 @@ def pool() -> Iterator[FrontPool]:
 
 def checked(front: Front) -> Iterator[Front]:
     """Yields ``front``; then both processes still run and nothing complained."""
-    mark = front.frontend.log_mark()
+    front.forget_log()
     stderr_mark = len(front.server.stderr)
     yield front
     assert front.server.proc.poll() is None, f"rapidwsgi died:\n{front.server.stderr[-3000:]}"
     assert front.frontend.running(), f"{front.mode.frontend} died:\n{front.frontend.log[-3000:]}"
-    complaints = front.frontend.complaints_since(mark)
+    complaints = front.frontend.complaints_since(front.log_mark)
     assert not complaints, f"{front.mode.frontend} complained about rapidwsgi:\n" + "\n".join(complaints)
     new_stderr = front.server.stderr[stderr_mark:]
     assert "Traceback" not in new_stderr and "Bad request" not in new_stderr, new_stderr
@@ -187,7 +194,12 @@ def request(
 
 
 def json_request(
-    front: Front, method: str, path: str, *, headers: Sequence[tuple[str, str]] = (), body: bytes | None = None
+    front: Front,
+    method: str,
+    path: str,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes | None = None,
 ) -> dict[str, Any]:
     status, _, data = request(front, method, path, headers=headers, body=body)
     assert status == 200, (status, data[:500])
@@ -243,6 +255,10 @@ def sha(data: bytes) -> str:
 # ---------------------------------------------------------------------- the request
 
 
+# The gateways that send CONTENT_LENGTH=0 for a GET without any body.
+GET_CL_ADDED = {"haproxy-fcgi", "caddy-fcgi", "lighttpd-fcgi"}
+
+
 def test_get_reaches_the_app_with_the_exact_cgi_environ(fe: Front) -> None:
     target = "/echo/some/where?a=1&b=%20two&c=%2F"
     environ = environ_of(fe, target)
@@ -256,9 +272,12 @@ def test_get_reaches_the_app_with_the_exact_cgi_environ(fe: Front) -> None:
     assert environ["REMOTE_ADDR"] == "127.0.0.1"
     assert environ["wsgi.url_scheme"] == "http"
     assert environ["HTTP_HOST"] == HOST
-    # A request without a body: no CONTENT_LENGTH, no CONTENT_TYPE (none of the front-ends
-    # adds one to a GET).
-    assert "CONTENT_LENGTH" not in environ
+    # A request without a body: no CONTENT_TYPE, and CONTENT_LENGTH only where the
+    # front-end adds one ("0") itself.
+    if fe.mode.id in GET_CL_ADDED:
+        assert environ["CONTENT_LENGTH"] == "0"
+    else:
+        assert "CONTENT_LENGTH" not in environ
     assert "CONTENT_TYPE" not in environ
     assert environ["body_length"] == 0
 
@@ -274,7 +293,7 @@ GET_CL0_KEPT = {
     "haproxy-http-close": True,
     "haproxy-proxy-v2": True,
     "haproxy-fcgi": True,
-    "caddy-http": True,
+    "caddy-http": False,  # Go's HTTP client drops a zero Content-Length on a GET
     "caddy-fcgi": True,
     "lighttpd-fcgi": True,
     "lighttpd-http": True,
@@ -346,8 +365,31 @@ def test_five_megabyte_body_with_content_length_reaches_the_app_intact(fe: Front
     assert doc == {"length": len(FIVE_MB), "sha256": sha(FIVE_MB)}
 
 
+# Front-ends that refuse a chunked request body in a mode (their own answer).
+CHUNKED_REFUSED = {
+    "apache-uwsgi": 411,  # mod_proxy_uwsgi: "POST requires a valid Content-length"
+    "haproxy-fcgi": 400,  # HAProxy 2.6 fcgi-app: a body of unknown length beyond its buffer
+}
+
+
 def test_five_megabyte_body_sent_chunked_by_the_client_reaches_the_app_intact(fe: Front) -> None:
     pieces = (FIVE_MB[i : i + 100_003] for i in range(0, len(FIVE_MB), 100_003))
+    refused = CHUNKED_REFUSED.get(fe.mode.id)
+    if refused is not None:
+        # The front-end answers itself, before the body is sent (HAProxy may close).
+        try:
+            status, _, _ = request(fe, "POST", "/digest", body=pieces, chunked=True)
+        except (BrokenPipeError, ConnectionResetError):
+            conn = RawConnectionExtras(fe.address)
+            conn.send(f"POST /digest HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            with contextlib.suppress(OSError):
+                conn.send(b"%x\r\n%b\r\n" % (len(FIVE_MB), FIVE_MB))
+            status = conn.read_response().status
+            conn.close()
+        assert status == refused
+        fe.forget_log()
+        assert_still_serving(fe)
+        return
     status, _, data = request(fe, "POST", "/digest", body=pieces, chunked=True)
     assert status == 200, data[:500]
     assert json.loads(data) == {"length": len(FIVE_MB), "sha256": sha(FIVE_MB)}
@@ -402,7 +444,12 @@ def test_multipart_form_is_parsed_by_django_with_the_exact_content_type(fe: Fron
     assert doc["POST"] == {"title": ["snow \u2603"], "tags": ["x", "y"]}
     assert doc["FILES"] == {
         "upload": [
-            {"name": "data.bin", "size": len(UPLOAD), "content_type": "application/octet-stream", "sha256": sha(UPLOAD)}
+            {
+                "name": "data.bin",
+                "size": len(UPLOAD),
+                "content_type": "application/octet-stream",
+                "sha256": sha(UPLOAD),
+            }
         ]
     }
 
@@ -436,7 +483,9 @@ def test_head_gets_the_headers_and_no_body_and_the_connection_stays_usable(fe: F
         response = conn.request(f"HEAD /hello HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode(), head=True)
         assert response.status == 200
         assert response.header("content-type") == "text/plain"
-        assert response.header("content-length") == "13"
+        # Apache's mod_proxy_fcgi drops the Content-Length of a HEAD response.
+        expected_length = None if fe.mode.id.startswith("apache-fcgi") else "13"
+        assert response.header("content-length") == expected_length
         # No body followed the head: the next response on the connection parses cleanly.
         following = conn.request(f"GET /hello HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
         assert (following.status, following.body) == (200, b"Hello, world!")
@@ -447,18 +496,26 @@ def test_head_gets_the_headers_and_no_body_and_the_connection_stays_usable(fe: F
 
 def test_sequential_requests_reuse_upstream_connections_where_the_mode_keeps_them(fe: Front) -> None:
     seen: list[set[int]] = []
-    for _ in range(20):
-        assert_still_serving(fe)
-        seen.append(upstream_connections(fe.server))
+    conn = http.client.HTTPConnection(*fe.address, timeout=10)
+    try:
+        for _ in range(20):  # on one client connection (HAProxy reuses per client session)
+            assert send(conn, "GET", "/hello")[::2] == (200, b"Hello, world!")
+            seen.append(upstream_connections(fe.server))
+    finally:
+        conn.close()
     if fe.mode.reuses:
         # Earlier tests on this shared front may have left a few idle connections in its
-        # pool; what matters is that no sequential request needed a new one.
-        assert seen[0], "no upstream connection is held open"
-        assert all(held == seen[-1] for held in seen[1:]), seen
-        assert len(seen[-1]) <= 4, seen[-1]
+        # pool; what matters is that 20 requests did not need 20 connections.
+        assert all(seen), f"no upstream connection is held open: {seen}"
+        used = set().union(*seen)
+        # HAProxy with send-proxy-v2 binds a server connection to one client session and
+        # still opened a new one now and then (3 new in 20 requests seen).
+        assert len(used) <= (10 if fe.mode.id == "haproxy-proxy-v2" else 4), seen
     else:
         # One connection per request: closed once the response is complete.
-        assert wait_until(lambda: not upstream_connections(fe.server), timeout=5), upstream_connections(fe.server)
+        assert wait_until(lambda: not upstream_connections(fe.server), timeout=5), upstream_connections(
+            fe.server
+        )
 
 
 @pytest.mark.parametrize("mode_id", GATEWAY_IDS)
@@ -473,7 +530,7 @@ def test_app_mounted_under_a_prefix_gets_it_as_script_name(pool: FrontPool, mode
 
 # ---------------------------------------------------------------------- threaded subset
 
-THREADED_IDS = ["apache-http", "apache-fcgi", "haproxy-fcgi", "caddy-fcgi", "lighttpd-fcgi"]
+THREADED_IDS = ["apache-http", "apache-fcgi", "haproxy-http", "caddy-fcgi", "lighttpd-fcgi"]
 
 
 @pytest.mark.parametrize("mode_id", THREADED_IDS)
@@ -484,7 +541,10 @@ def test_threaded_app_gets_chunked_uploads_and_forms_intact(pool: FrontPool, mod
         assert (status, json.loads(data)) == (200, {"length": len(FIVE_MB), "sha256": sha(FIVE_MB)})
         body = b"name=caf%C3%A9&tags=a&tags=b+c"
         doc = json_request(front, "POST", "/django-form", headers=[("Content-Type", URLENCODED)], body=body)
-        assert (doc["CONTENT_TYPE"], doc["POST"]) == (URLENCODED, {"name": ["caf\u00e9"], "tags": ["a", "b c"]})
+        assert (doc["CONTENT_TYPE"], doc["POST"]) == (
+            URLENCODED,
+            {"name": ["caf\u00e9"], "tags": ["a", "b c"]},
+        )
 
 
 # ---------------------------------------------------------------------- reloads
@@ -494,7 +554,9 @@ class Load:
     """``clients`` threads looping GET /hello and a small POST /echo through the front-end
     on keep-alive connections, bounded in requests and time; every answer is checked."""
 
-    def __init__(self, front: Front, clients: int = 4, max_requests: int = 3000, max_seconds: float = 60.0) -> None:
+    def __init__(
+        self, front: Front, clients: int = 4, max_requests: int = 3000, max_seconds: float = 60.0
+    ) -> None:
         self.front = front
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -543,19 +605,41 @@ class Load:
         assert wait_until(lambda: self.ok >= count or bool(self.failures), timeout=timeout), (self.ok, count)
 
 
-def test_three_sighups_under_load_through_the_front_end_fail_no_request(fe: Front) -> None:
+# FastCGI front-ends that reuse idle connections and do not retry a request that meets
+# a connection the old worker closes (issue 9, bug 8: fixed on branch inline-body).
+IDLE_CLOSE_RACE = {"apache-fcgi", "haproxy-fcgi"}
+
+
+def generations_serving(server: ServerProcess) -> int:
+    return server.stderr.count("Worker generation ")
+
+
+def test_three_sighups_under_load_through_the_front_end_fail_no_request(
+    fe: Front, request: pytest.FixtureRequest
+) -> None:
+    racy = fe.mode.id in IDLE_CLOSE_RACE
+    if racy:
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="a graceful stop closes idle FCGI_KEEP_CONN connections under a request "
+                "the front-end sends, which it does not retry (issue 9, bug 8; not yet on main)",
+                strict=fe.mode.id == "apache-fcgi",
+            )
+        )
     server = fe.server
-    generations = len(server.stderr.split("Worker generation ")) - 1
-    with Load(fe) as load:
-        load.wait_for(50)
-        for _ in range(3):
-            server.signal(signal.SIGHUP)
-            assert wait_until(
-                lambda: len(server.stderr.split("Worker generation ")) - 1 > generations, timeout=30, interval=0.05
-            ), server.stderr[-2000:]
-            generations += 1
-            load.wait_for(load.ok + 100)
-    assert load.failures == [], load.failures[:10]
-    assert load.ok >= 300
-    assert wait_until(lambda: len(server.worker_pids) == 2, timeout=10)
-    assert_still_serving(fe)
+    try:
+        with Load(fe) as load:
+            load.wait_for(50)
+            for _ in range(3):
+                before = generations_serving(server)
+                server.signal(signal.SIGHUP)
+                reloaded = functools.partial(lambda n: generations_serving(server) > n, before)
+                assert wait_until(reloaded, timeout=30), server.stderr[-2000:]
+                load.wait_for(load.ok + 100)
+        assert load.failures == [], load.failures[:10]
+        assert load.ok >= 300
+        assert wait_until(lambda: len(server.worker_pids) == 2, timeout=10)
+        assert_still_serving(fe)
+    finally:
+        if racy:
+            fe.forget_log()  # its 502/503s are this test's expected failure, not the next one's
