@@ -507,10 +507,11 @@ def test_sequential_requests_reuse_upstream_connections_where_the_mode_keeps_the
         # Earlier tests on this shared front may have left a few idle connections in its
         # pool; what matters is that 20 requests did not need 20 connections.
         assert all(seen), f"no upstream connection is held open: {seen}"
-        used = set().union(*seen)
-        # HAProxy with send-proxy-v2 binds a server connection to one client session and
-        # still opened a new one now and then (3 new in 20 requests seen).
-        assert len(used) <= (10 if fe.mode.id == "haproxy-proxy-v2" else 4), seen
+        # Reused: 20 sequential requests opened (almost) no new connection. HAProxy with
+        # send-proxy-v2 binds a server connection to one client session and still opened
+        # a new one now and then (up to 3 in 20 requests, in a full run of this module).
+        new = set().union(*seen[1:]) - seen[0]
+        assert len(seen[0]) <= 4 and len(new) <= (5 if fe.mode.id == "haproxy-proxy-v2" else 1), seen
     else:
         # One connection per request: closed once the response is complete.
         assert wait_until(lambda: not upstream_connections(fe.server), timeout=5), upstream_connections(
