@@ -515,7 +515,10 @@ def test_sequential_requests_reuse_upstream_connections_where_the_mode_keeps_the
     if fe.mode.reuses:
         # Earlier tests on this shared front may have left a few idle connections in its
         # pool; what matters is that 20 requests did not need 20 connections.
-        assert all(seen), f"no upstream connection is held open: {seen}"
+        # rapidwsgi's --keep-alive (5 s) may close idle connections earlier tests left in
+        # the pool while the loop runs (seen once with HAProxy fcgi-app: one snapshot
+        # empty, then one new connection held for the rest).
+        assert sum(1 for held in seen if held) >= 18, f"no upstream connection is held open: {seen}"
         # Reused: 20 sequential requests opened (almost) no new connection. HAProxy with
         # send-proxy-v2 binds a server connection to one client session and still opened
         # a new one now and then (up to 3 in 20 requests, in a full run of this module).
