@@ -462,7 +462,7 @@ class HTTPConnection:
         assert request is not None
         ctx = self.ctx
         environ = build_environ(self._environ_base, request, wsgi_input)
-        if self._forwarding:
+        if self._forwarding and request.forwarded:
             ctx.forwarding.apply(environ)
         self._environ = environ
         self._dispatched = True
