@@ -346,7 +346,54 @@ def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
         stuck_in_application_code(float(_q(environ, "seconds", "60")))
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
         return [b"unstuck"]
+    # -- Routes used by tests/test_frontends.py (real front-ends in front).
+    if path == "/django-form":
+        return django_form(environ, start_response)
     return _json(start_response, {"path": path}, "404 Not Found")
+
+
+_django_lock = threading.Lock()
+
+
+def django_form(environ: Environ, start_response: Any) -> list[bytes]:
+    """The form as Django's own WSGIRequest parses it from this environ: request.POST,
+    request.FILES (name, size, sha256, content type) and the CONTENT_TYPE/LENGTH seen."""
+    with _django_lock:
+        from django.conf import settings
+
+        if not settings.configured:
+            import django
+
+            settings.configure(
+                DEBUG=False,
+                ALLOWED_HOSTS=["*"],
+                DATA_UPLOAD_MAX_MEMORY_SIZE=None,
+                FILE_UPLOAD_MAX_MEMORY_SIZE=1 << 20,
+                FILE_UPLOAD_TEMP_DIR=tempfile.gettempdir(),
+            )
+            django.setup()
+    from django.core.handlers.wsgi import WSGIRequest
+
+    request = WSGIRequest(environ)
+    files = {}
+    for name in request.FILES:
+        files[name] = [
+            {
+                "name": upload.name,
+                "size": upload.size,
+                "content_type": upload.content_type,
+                "sha256": hashlib.sha256(upload.read()).hexdigest(),
+            }
+            for upload in request.FILES.getlist(name)
+        ]
+    doc = {
+        "method": request.method,
+        "CONTENT_TYPE": environ.get("CONTENT_TYPE"),
+        "CONTENT_LENGTH": environ.get("CONTENT_LENGTH"),
+        "POST": {name: request.POST.getlist(name) for name in request.POST},
+        "FILES": files,
+    }
+    return _json(start_response, doc)
 
 
 validated = validator(app)

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from rapidwsgi.forwarded import PROXY_HEADERS, ForwardingPolicy, TrustedPeers, validate_spec
+from rapidwsgi.events import FORWARDING_FIELDS
+from rapidwsgi.forwarded import _CLEARED_ONLY, PROXY_HEADERS, ForwardingPolicy, TrustedPeers, validate_spec
+from rapidwsgi.protocols.http1._semantics import request_from_head
 from tests.conftest import ServerProcess
 from tests.fuzz_gateway import uwsgi_packet
 from tests.rawhttp import RawConnectionExtras, ServerPool, get, wait_until
@@ -260,6 +262,18 @@ def test_header_names_are_case_insensitive_and_unknown_ones_are_refused() -> Non
         ForwardingPolicy(TRUSTED, ["x-forwarded-user"])
 
 
+def test_the_parsers_forwarding_fields_are_exactly_the_policys_plus_x_forwarded_by() -> None:
+    assert {name.encode() for name in PROXY_HEADERS} | {b"x-forwarded-by"} == FORWARDING_FIELDS
+    assert _CLEARED_ONLY == ("HTTP_X_FORWARDED_BY",)
+
+
+@pytest.mark.parametrize("field", sorted(FORWARDING_FIELDS))
+def test_http_parser_flags_a_request_carrying_a_forwarding_field(field: bytes) -> None:
+    headers = [(b"host", b"h"), (b"accept", b"*/*")]
+    assert request_from_head(b"GET", b"/", b"1.1", headers).forwarded is False
+    assert request_from_head(b"GET", b"/", b"1.1", [*headers, (field, b"x")]).forwarded is True
+
+
 # ============================================================================ end to end
 
 UNTRUSTING = ("--forwarded-allow-ips", "10.0.0.1")
@@ -304,6 +318,11 @@ def test_client_sent_forwarded_from_a_trusted_peer_is_ignored_and_removed_by_def
     assert environ["wsgi.url_scheme"] == "http"
     assert environ["HTTP_HOST"] == "internal"
     assert "HTTP_FORWARDED" not in environ and "HTTP_X_REAL_IP" not in environ
+
+
+def test_x_forwarded_by_alone_from_a_trusted_peer_is_removed(pool: ServerPool) -> None:
+    environ = environ_of(pool.get(), get("/echo", headers="X-Forwarded-By: 10.0.0.1\r\n"))
+    assert "HTTP_X_FORWARDED_BY" not in environ
 
 
 def test_untrusted_fields_stay_with_no_clear_untrusted_proxy_headers(pool: ServerPool) -> None:

@@ -544,16 +544,10 @@ class HTTPConnection:
         assert request is not None
         ctx = self.ctx
         environ = build_environ(self._environ_base, request, wsgi_input)
-        if self._forwarding:
-            if not self._pooled and (
-                "HTTP_X_FORWARDED_FOR" in environ
-                or "HTTP_FORWARDED" in environ
-                or "HTTP_X_REAL_IP" in environ
-            ):
-                # A trusted peer that forwards for clients: a proxy, which pools its
-                # connections to us (see begin_shutdown). Checked before apply, which
-                # may remove the fields.
-                self._pooled = True
+        if self._forwarding and request.forwarded:
+            # A trusted peer that forwards for clients: a proxy, which pools its
+            # connections to us (see begin_shutdown).
+            self._pooled = True
             ctx.forwarding.apply(environ)
         self._environ = environ
         self._dispatched = True

@@ -12,6 +12,21 @@ from __future__ import annotations
 
 from typing import Final
 
+#: Request fields through which a proxy speaks for the client (lower-case, as on the
+#: wire): what ``--trusted-proxy-headers`` may name, and X-Forwarded-By, which is only
+#: ever cleared (``forwarded.PROXY_HEADERS``).
+FORWARDING_FIELDS: Final = frozenset(
+    (
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-by",
+        b"x-real-ip",
+    )
+)
+
 
 class Request:
     """A complete request head.
@@ -22,6 +37,9 @@ class Request:
     ``headers`` keeps every field line in order with the name lower-cased.
     Body framing: ``chunked`` or else ``content_length`` bytes (0 = no body).
     ``extra`` carries CGI variables a gateway protocol (uwsgi, FastCGI) supplied.
+    ``forwarded``: one of the :data:`FORWARDING_FIELDS` is among the headers (set by the
+    HTTP/1.1 parser in the pass it already makes over the special fields), so only such
+    requests pay for looking at the forwarding policy (``forwarded.py``).
     """
 
     __slots__ = (
@@ -30,6 +48,7 @@ class Request:
         "content_length",
         "expect_continue",
         "extra",
+        "forwarded",
         "headers",
         "keep_alive",
         "method",
@@ -54,6 +73,7 @@ class Request:
         keep_alive: bool = True,
         expect_continue: bool = False,
         extra: dict[str, str] | None = None,
+        forwarded: bool = False,
     ) -> None:
         self.method = method
         self.target = target
@@ -67,6 +87,7 @@ class Request:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.extra = extra
+        self.forwarded = forwarded
 
     @property
     def has_body(self) -> bool:

@@ -152,9 +152,9 @@ class ForwardingPolicy:
     ) -> None:
         self.trusted = trusted
         names = frozenset(h.strip().lower() for h in headers if h.strip())
-        unknown = names - PROXY_HEADERS.keys()
+        unknown = sorted(name for name in names if name not in PROXY_HEADERS)
         if unknown:
-            raise ValueError(f"unknown forwarding header {sorted(unknown)[0]!r}")
+            raise ValueError(f"unknown forwarding header {unknown[0]!r}")
         self.headers = names
         self._forwarded = "forwarded" in names
         self._for = "x-forwarded-for" in names

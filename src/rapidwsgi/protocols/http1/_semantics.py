@@ -17,14 +17,17 @@ from ...errors import (
     ExpectationFailed,
     NotImplementedByServer,
 )
-from ...events import Request
+from ...events import FORWARDING_FIELDS, Request
 from .. import _grammar as g
 
 #: More than 18 decimal digits of Content-Length (an exabyte) is not a real body.
 _MAX_CL_DIGITS: Final = 18
 
-_SPECIAL_FIELDS: Final = frozenset(
-    (b"content-length", b"transfer-encoding", b"host", b"connection", b"expect")
+# The forwarding fields are looked up in the same set (one lookup per field either way):
+# a request carrying one is flagged, so the others skip the forwarding policy.
+_SPECIAL_FIELDS: Final = (
+    frozenset((b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"))
+    | FORWARDING_FIELDS
 )
 #: Host values already validated (a server sees few distinct ones; bounded).
 _valid_hosts: Final[set[bytes]] = set()
@@ -56,6 +59,7 @@ def request_from_head(
     expect: list[bytes] | None = None
     host: bytes | None = None
     host_count = 0
+    forwarded = False
     for lname, value in headers:
         if lname not in _SPECIAL_FIELDS:
             continue
@@ -68,8 +72,10 @@ def request_from_head(
             codings = [value] if codings is None else [*codings, value]
         elif lname == b"connection":
             connection = [value] if connection is None else [*connection, value]
-        else:
+        elif lname == b"expect":
             expect = [value] if expect is None else [*expect, value]
+        else:
+            forwarded = True
 
     # RFC 9112 §3.2: exactly one valid Host in HTTP/1.1, at most one in HTTP/1.0.
     if host_count > 1:
@@ -152,6 +158,7 @@ def request_from_head(
         chunked=chunked,
         keep_alive=keep_alive,
         expect_continue=expect_continue,
+        forwarded=forwarded,
     )
 
 
