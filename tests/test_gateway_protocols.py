@@ -563,7 +563,7 @@ def test_cgi_headers_content_type_and_length_land_where_pep3333_puts_them() -> N
 
 
 # What each front-end sends for GET /echo/x?q=1 (observed with the real servers; see
-# docs/frontends.md). The app must see one environ whichever it is.
+# docs/deploy.md). The app must see one environ whichever it is.
 FRONT_END_VARIABLES = {
     "nginx uwsgi_params": [(b"PATH_INFO", b"/echo/x")],
     "nginx fastcgi_params": [(b"SCRIPT_NAME", b"/echo/x"), (b"DOCUMENT_URI", b"/echo/x")],
@@ -588,7 +588,7 @@ def test_cgi_path_info_comes_from_request_uri_whatever_the_front_end_split(front
 
 def test_cgi_lighttpd_first_segment_split_is_kept_as_a_mount_point() -> None:
     # lighttpd with a "/" prefix and no fix-root-scriptname: indistinguishable from a
-    # real mount at /echo, so it is taken as one (docs/frontends.md: the config line).
+    # real mount at /echo, so it is taken as one (docs/deploy.md: the config line).
     environ = environ_for(
         [
             (b"REQUEST_METHOD", b"GET"),
