@@ -131,3 +131,27 @@ def test_idle_http_connection_of_a_trusted_proxy_outlives_the_grace_a_direct_cli
         )
         assert proxied.closed_within(5)
     assert wait_until(lambda: process_gone(worker), 10)
+
+
+def test_idle_connection_that_began_with_a_proxy_header_is_a_pooled_one(
+    start_server: type[ServerProcess],
+) -> None:
+    # HAProxy send-proxy-v2 keeps one connection to us per client session and removes
+    # the forwarding headers (deploy/haproxy/proxy-protocol.cfg): the PROXY header from
+    # a trusted peer is what marks it as a proxy's.
+    server = start_server("apps:app", "--workers", "1", "--keep-alive", str(KEEP_ALIVE), "--proxy-protocol")
+    with RawConnectionExtras(server.address) as proxied, RawConnectionExtras(server.address) as direct:
+        proxy_line = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n"
+        assert proxied.request(proxy_line + get("/hello")).status == 200
+        assert direct.request(get("/hello")).status == 200
+        worker = stop_old_worker(server)
+        assert direct.closed_within(5), "a direct client's idle connection is closed after the grace"
+        time.sleep(1.0)  # past the 0.5 s grace a direct client gets
+        response = proxied.request(get("/hello"))
+        assert (response.status, response.body, response.header("connection")) == (
+            200,
+            b"Hello, world!",
+            "close",
+        )
+        assert proxied.closed_within(5)
+    assert wait_until(lambda: process_gone(worker), 10)

@@ -359,6 +359,10 @@ class HTTPConnection:
             )
             self._close_transport()
             return b""
+        # A trusted peer that sends PROXY headers is a proxy (HAProxy send-proxy, an NLB)
+        # that keeps its connection to us for a client session: at a graceful stop it
+        # is treated like any pooling front-end (begin_shutdown).
+        self._pooled = True
         if header.source is not None:
             address, port = header.source
             self._environ_base["REMOTE_ADDR"] = address
