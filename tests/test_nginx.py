@@ -346,6 +346,56 @@ def test_body_the_app_never_reads_still_gets_the_response_and_the_next_request_w
     assert_still_serving(nginx_front)
 
 
+URLENCODED = "application/x-www-form-urlencoded"
+
+
+def test_urlencoded_form_is_parsed_by_django_with_the_exact_content_type(nginx_front: Front) -> None:
+    # nginx's stock uwsgi_params/fastcgi_params send CONTENT_TYPE and HTTP_CONTENT_TYPE:
+    # once they were joined ("a, a") and Django's request.POST came out empty.
+    body = b"name=caf%C3%A9&tags=a&tags=b+c&empty="
+    status, _, data = request(
+        nginx_front, "POST", "/django-form", headers=[("Content-Type", URLENCODED)], body=body
+    )
+    assert status == 200, data[:300]
+    doc = json.loads(data)
+    assert doc["CONTENT_TYPE"] == URLENCODED
+    assert doc["CONTENT_LENGTH"] == str(len(body))
+    assert doc["POST"] == {"name": ["caf\u00e9"], "tags": ["a", "b c"], "empty": [""]}
+    assert doc["FILES"] == {}
+
+
+def test_multipart_form_is_parsed_by_django_with_the_exact_content_type(nginx_front: Front) -> None:
+    boundary = "----rapidwsgiNginxBoundary"
+    upload = bytes((i * 7) % 256 for i in range(100_003))
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nsnow\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="upload"; filename="d.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + upload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    content_type = f"multipart/form-data; boundary={boundary}"
+    status, _, data = request(
+        nginx_front, "POST", "/django-form", headers=[("Content-Type", content_type)], body=body
+    )
+    assert status == 200, data[:300]
+    doc = json.loads(data)
+    assert doc["CONTENT_TYPE"] == content_type
+    assert doc["POST"] == {"title": ["snow"]}
+    assert doc["FILES"] == {
+        "upload": [
+            {
+                "name": "d.bin",
+                "size": len(upload),
+                "content_type": "application/octet-stream",
+                "sha256": hashlib.sha256(upload).hexdigest(),
+            }
+        ]
+    }
+
+
 # ---------------------------------------------------------------------- responses
 
 
