@@ -855,8 +855,13 @@ class HTTPConnection:
         leaves the peer the microseconds in between. So over TCP the socket is corked
         (TCP_CORK) while the last bytes are written and shut down: the FIN leaves in
         the same segment as END_REQUEST (or the end of the HTTP response).
+
+        Only a pooling peer (``_pooled``: a gateway, or a trusted proxy) reuses a
+        connection that way; a direct client's closing response (every HTTP/1.0 one, as
+        ab sends them) keeps the plain write and the FIN after it, without the five
+        extra system calls.
         """
-        if self.wire.our_state is not MUST_CLOSE or self._tls:
+        if self.wire.our_state is not MUST_CLOSE or self._tls or not self._pooled:
             if out:
                 transport.write(out)
             return
