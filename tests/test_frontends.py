@@ -326,6 +326,13 @@ def test_percent_encoded_utf8_path_reaches_path_info_as_latin1_of_the_utf8_bytes
     assert environ["SCRIPT_NAME"] == ""
 
 
+@pytest.mark.parametrize("path", ["/echo/admin/", "/echo/"])
+def test_path_with_a_trailing_slash_is_all_path_info(fe: Front, path: str) -> None:
+    # Django's URLs end in "/"; Apache and HAProxy send them whole as SCRIPT_NAME.
+    environ = environ_of(fe, path)
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", path)
+
+
 # ---------------------------------------------------------------------- a lying client
 
 LIES = {

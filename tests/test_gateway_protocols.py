@@ -586,6 +586,22 @@ def test_cgi_path_info_comes_from_request_uri_whatever_the_front_end_split(front
     assert (environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["QUERY_STRING"]) == ("", "/echo/x", "q=1")
 
 
+@pytest.mark.parametrize("path", [b"/admin/", b"/a/b/", b"/"])
+def test_cgi_whole_path_script_name_with_a_trailing_slash_is_no_mount_point(path: bytes) -> None:
+    # Django's URLs end in "/": Apache mod_proxy_fcgi and HAProxy fcgi-app send them
+    # whole as SCRIPT_NAME, which must not become SCRIPT_NAME=/admin, PATH_INFO=/.
+    environ = environ_for([(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", path), (b"SCRIPT_NAME", path)])
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", path.decode())
+
+
+@pytest.mark.parametrize(("script_name", "path"), [(b"/app/", b"/app/x/"), (b"/app", b"/app/")])
+def test_cgi_mount_point_above_a_trailing_slash_path_is_kept(script_name: bytes, path: bytes) -> None:
+    environ = environ_for(
+        [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", path), (b"SCRIPT_NAME", script_name)]
+    )
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/app", path.decode()[4:])
+
+
 def test_cgi_lighttpd_first_segment_split_is_kept_as_a_mount_point() -> None:
     # lighttpd with a "/" prefix and no fix-root-scriptname: indistinguishable from a
     # real mount at /echo, so it is taken as one (docs/deploy.md: the config line).

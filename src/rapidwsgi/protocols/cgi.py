@@ -139,10 +139,12 @@ def request_from_cgi(
     extra.pop("PATH_INFO", None)
     script_name = extra.pop("SCRIPT_NAME", "")
     if script_name:
-        script_name = script_name.rstrip("/")
         decoded = (unquote_to_bytes(path) if path.find(b"%") >= 0 else path).decode("latin-1")
-        if script_name and decoded.startswith(script_name + "/"):
-            extra["SCRIPT_NAME"] = script_name
+        mount = script_name.rstrip("/")
+        # Compared before stripping: "/admin/" sent for the path "/admin/" is the whole
+        # path (Apache, HAProxy), not a mount at "/admin" above PATH_INFO "/".
+        if mount and script_name != decoded and decoded.startswith(mount + "/"):
+            extra["SCRIPT_NAME"] = mount
     return Request(
         method,
         target,
