@@ -262,6 +262,15 @@ def test_header_names_are_case_insensitive_and_unknown_ones_are_refused() -> Non
         ForwardingPolicy(TRUSTED, ["x-forwarded-user"])
 
 
+def test_with_a_wildcard_the_client_is_the_right_most_entry_not_the_left_most() -> None:
+    # '*' trusts the peer that connects, not every address a client writes in the chain.
+    policy = ForwardingPolicy(TrustedPeers(["*"]), PROXY_HEADERS, clear_untrusted=False)
+    assert forwarded(policy, x_forwarded_for="6.6.6.6, 203.0.113.7")["REMOTE_ADDR"] == "203.0.113.7"
+    assert forwarded(policy, forwarded="for=6.6.6.6, for=203.0.113.7")["REMOTE_ADDR"] == "203.0.113.7"
+    both = ForwardingPolicy(TrustedPeers(["*", "10.0.0.0/8"]), PROXY_HEADERS, clear_untrusted=False)
+    assert forwarded(both, x_forwarded_for="6.6.6.6, 203.0.113.7, 10.0.0.2")["REMOTE_ADDR"] == "203.0.113.7"
+
+
 def test_the_parsers_forwarding_fields_are_exactly_the_policys_plus_x_forwarded_by() -> None:
     assert {name.encode() for name in PROXY_HEADERS} | {b"x-forwarded-by"} == FORWARDING_FIELDS
     assert _CLEARED_ONLY == ("HTTP_X_FORWARDED_BY",)

@@ -53,8 +53,14 @@ class TrustedPeers:
 
     def __contains__(self, address: str) -> bool:
         """``address`` is an IP address string, or ``"unix"`` for a unix-socket peer."""
-        if self.any:
-            return True
+        return self.any or self.listed(address)
+
+    def listed(self, address: str) -> bool:
+        """``address`` is named by an address, range or ``unix`` entry (``*`` aside).
+
+        The test for a hop inside X-Forwarded-For / Forwarded: ``*`` trusts whoever
+        connects, not every address a client can write into the chain.
+        """
         if address == "unix":
             return self.unix
         known = self._cache.get(address)
@@ -187,7 +193,7 @@ class ForwardingPolicy:
             client_address = addresses[0] if addresses else ""
             for address in reversed(addresses):
                 client_address = address
-                if address not in self.trusted:
+                if not self.trusted.listed(address):
                     break
             if client_address:
                 environ["REMOTE_ADDR"] = client_address
@@ -227,7 +233,7 @@ def _apply_rfc7239(environ: dict[str, Any], value: str, trusted: TrustedPeers) -
     for element in reversed(elements):
         address, _ = _node(element.get("for", ""))
         client = element
-        if address not in trusted:
+        if not trusted.listed(address):
             break
     if "for" in client:
         address, port = _node(client["for"])
