@@ -181,17 +181,29 @@ class ServerContext:
 
         ``gated`` goes up here, on the loop thread, before the helper can start, and
         down only once the helper has left application code: the loop never sees 0
-        while a helper may run the application.
+        while a helper may run the application. The helper is started from the next
+        loop callback, not from here: this call can come from inside an inline step
+        that took no gate (a response finishing, then a pipelined request parsed), and
+        that step's application code (the previous iterable's ``close()``) must be
+        over before a helper may enter application code.
         """
+        with self._busy_lock:
+            self.threads_busy += 1
+            self.gated += 1
+        self.loop.call_soon(self._start_helper, exchange)
+
+    def _start_helper(self, exchange: Exchange) -> None:
         helpers = self._helpers
         if helpers is None:
             helpers = self._helpers = ThreadPoolExecutor(
                 max_workers=EXPECT_THREADS, thread_name_prefix="rapidwsgi-expect"
             )
-        with self._busy_lock:
-            self.threads_busy += 1
-            self.gated += 1
-        helpers.submit(self._helper_main, exchange)
+        try:
+            helpers.submit(self._helper_main, exchange)
+        except RuntimeError:  # stop_helpers ran in between: the worker is exiting
+            with self._busy_lock:
+                self.threads_busy -= 1
+                self.gated -= 1
 
     def _helper_main(self, exchange: Exchange) -> None:
         try:
@@ -548,11 +560,12 @@ class HTTPConnection:
         assert request is not None
         ctx = self.ctx
         environ = build_environ(self._environ_base, request, wsgi_input)
-        if self._forwarding and request.forwarded:
-            # A trusted peer that forwards for clients: a proxy, which pools its
-            # connections to us (see begin_shutdown).
+        if request.forwarded:
+            # A peer that forwards for clients is a proxy, which pools its connections
+            # to us (see begin_shutdown), trusted or not; only a trusted one is believed.
             self._pooled = True
-            ctx.forwarding.apply(environ)
+            if self._forwarding:
+                ctx.forwarding.apply(environ)
         self._environ = environ
         self._dispatched = True
         if self.wire.their_state is not SEND_BODY:
@@ -856,12 +869,18 @@ class HTTPConnection:
         (TCP_CORK) while the last bytes are written and shut down: the FIN leaves in
         the same segment as END_REQUEST (or the end of the HTTP response).
 
-        Only a pooling peer (``_pooled``: a gateway, or a trusted proxy) reuses a
-        connection that way; a direct client's closing response (every HTTP/1.0 one, as
-        ab sends them) keeps the plain write and the FIN after it, without the five
-        extra system calls.
+        Only a pooling peer (``_pooled``: a gateway, or a proxy) reuses a connection
+        that way, and only when we close a connection it would have kept (a stop, or an
+        error): a direct client's closing response (every HTTP/1.0 one, as ab sends
+        them), a uwsgi or non-keep-conn FastCGI response keep the plain write and the
+        FIN after it, without the five extra system calls.
         """
-        if self.wire.our_state is not MUST_CLOSE or self._tls or not self._pooled:
+        if (
+            self.wire.our_state is not MUST_CLOSE
+            or self._tls
+            or not self._pooled
+            or not (self._closing or self.ctx.shutting_down)
+        ):
             if out:
                 transport.write(out)
             return
