@@ -107,7 +107,17 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not self._listening.wait(0.05) or not _SERVING.search(self.stderr):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start (exit {self.proc.poll()}):\n{self.stderr}")
+                exit_code = self.proc.poll()
+                if exit_code is None:
+                    # Too slow (a loaded machine): nobody holds this server any more, so
+                    # it is stopped here, the master by its PID, or it outlives the run.
+                    self.proc.terminate()  # the master stops its workers
+                    try:
+                        self.proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        self.proc.kill()
+                        self.proc.wait(5)
+                raise RuntimeError(f"server did not start (exit {exit_code}):\n{self.stderr}")
 
     @property
     def worker_pids(self) -> list[int]:
