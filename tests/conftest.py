@@ -40,6 +40,47 @@ def _child_setup(env: dict[str, str], hook: Callable[[], None]) -> None:
     hook()
 
 
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def upstream_connections(server: ServerProcess) -> set[int]:
+    """Socket inodes of the connections rapidwsgi's workers have accepted and hold open."""
+    held = set()
+    for pid in server.worker_pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                held.add(int(target[8:-1]))
+    accepted = set()
+    address = server.address
+    if isinstance(address, str):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            # Num RefCount Protocol Flags Type St Inode Path; St 03 = connected
+            if len(fields) >= 8 and fields[7] == address and fields[5] == "03":
+                accepted.add(int(fields[6]))
+    else:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].split(":")[1], 16)
+            if local_port == address[1] and fields[3] == "01":  # ESTABLISHED
+                accepted.add(int(fields[9]))
+    return held & accepted
+
+
 class ServerProcess:
     """``python -m rapidwsgi ...`` with stderr captured; knows where it listens."""
 

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import http.client
 import json
-import os
 import signal
 import socket
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, upstream_connections
 from tests.frontends import MODES, MODES_BY_ID, Frontend, Mode, require_frontend, start_frontend
 from tests.rawhttp import RawConnectionExtras, wait_until
 
@@ -223,38 +222,6 @@ def environ_of(front: Front, path: str, headers: Sequence[tuple[str, str]] = ())
 def assert_still_serving(front: Front) -> None:
     status, _, data = request(front, "GET", "/hello")
     assert (status, data) == (200, b"Hello, world!")
-
-
-def upstream_connections(server: ServerProcess) -> set[int]:
-    """Socket inodes of the connections rapidwsgi's workers have accepted and hold open."""
-    held = set()
-    for pid in server.worker_pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                held.add(int(target[8:-1]))
-    accepted = set()
-    address = server.address
-    if isinstance(address, str):
-        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-            fields = line.split()
-            # Num RefCount Protocol Flags Type St Inode Path; St 03 = connected
-            if len(fields) >= 8 and fields[7] == address and fields[5] == "03":
-                accepted.add(int(fields[6]))
-    else:
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].split(":")[1], 16)
-            if local_port == address[1] and fields[3] == "01":  # ESTABLISHED
-                accepted.add(int(fields[9]))
-    return held & accepted
 
 
 def sha(data: bytes) -> str:

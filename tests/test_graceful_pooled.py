@@ -21,20 +21,12 @@ from pathlib import Path
 import pytest
 
 from rapidwsgi.protocols import fastcgi as fcgi
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, process_gone
 from tests.fuzz_gateway import fastcgi_request
 from tests.rawhttp import RawConnectionExtras, get, wait_until
 
 HELLO = [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/hello"), (b"SERVER_PROTOCOL", b"HTTP/1.1")]
 KEEP_ALIVE = 6.0
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def open_socket(address: tuple[str, int] | str) -> socket.socket:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, upstream_connections
 from tests.nginx import MODES, Nginx, require_nginx
 from tests.rawhttp import RawConnectionExtras, get, wait_until
 
@@ -194,34 +193,6 @@ def stats(front: Front) -> dict[str, int]:
 def assert_still_serving(front: Front) -> None:
     status, _, data = request(front, "GET", "/hello")
     assert (status, data) == (200, b"Hello, world!")
-
-
-def upstream_connections(server: ServerProcess) -> set[int]:
-    """Socket inodes of the connections the rapidwsgi worker has accepted and holds open."""
-    pid = server.worker_pid
-    held = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            held.add(int(target[8:-1]))
-    accepted = set()
-    address = server.address
-    if isinstance(address, str):
-        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-            fields = line.split()
-            # Num RefCount Protocol Flags Type St Inode Path; St 03 = connected
-            if len(fields) >= 8 and fields[7] == address and fields[5] == "03":
-                accepted.add(int(fields[6]))
-    else:
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].split(":")[1], 16)
-            if local_port == address[1] and fields[3] == "01":  # ESTABLISHED
-                accepted.add(int(fields[9]))
-    return held & accepted
 
 
 # ---------------------------------------------------------------------- the request

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SOURCE_MODE, TESTS, ServerProcess
+from tests.conftest import ROOT, SOURCE_MODE, TESTS, ServerProcess, process_gone
 from tests.rawhttp import ConnectionClosedError, RawConnection, RawConnectionExtras, get, wait_until
 
 Start = type[ServerProcess]
@@ -109,15 +109,6 @@ def wait_workers(server: ServerProcess, count: int, timeout: float = 15.0) -> se
         f"expected {count} serving workers, have {live_workers(server)}:\n{server.stderr}"
     )
     return live_workers(server)
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def fetch(address: tuple[str, int] | str, path: str = "/hello", timeout: float = 10.0) -> tuple[int, bytes]:
