@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py') pyproject.toml setup.py
 
-.PHONY: serve test lint typecheck unit unit-compiled unit-source docs bench bench-quick bench-selftest clean
+.PHONY: serve test test-fast lint typecheck unit unit-compiled unit-source docs bench bench-quick bench-selftest clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -36,6 +36,9 @@ serve: $(SERVE_STAMP)
 	$(BIN)/rapidwsgi --bind 127.0.0.1:8000 --access-logfile - rapidwsgi.demo:app
 
 test: lint typecheck unit
+
+# One pass instead of two (the compiled build only): for development; CI runs `make test`.
+test-fast: lint typecheck unit-compiled
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench setup.py
