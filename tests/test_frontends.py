@@ -592,44 +592,24 @@ class Load:
         assert wait_until(lambda: self.ok >= count or bool(self.failures), timeout=timeout), (self.ok, count)
 
 
-# Modes whose front-end reuses idle connections to rapidwsgi and does not retry a request
-# that meets a connection an old worker closes while draining (issue 9, bug 8): Apache
-# mod_proxy_fcgi enablereuse failed every run, HAProxy fcgi-app keep-conn and HTTP with
-# send-proxy-v2 some runs. Fixed (a pooled connection keeps its keep-alive deadline at a
-# stop; the FIN goes out with the last response bytes): none is expected to fail now.
-IDLE_CLOSE_RACE: set[str] = set()
-
-
 def generations_serving(server: ServerProcess) -> int:
     return server.stderr.count("Worker generation ")
 
 
-def test_three_sighups_under_load_through_the_front_end_fail_no_request(
-    fe: Front, request: pytest.FixtureRequest
-) -> None:
-    racy = fe.mode.id in IDLE_CLOSE_RACE
-    if racy:
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="a graceful stop closes idle keep-alive connections under a request the "
-                "front-end sends, which it does not retry (issue 9, bug 8; not yet on main)",
-                strict=fe.mode.id == "apache-fcgi",
-            )
-        )
+def test_three_sighups_under_load_through_the_front_end_fail_no_request(fe: Front) -> None:
+    # Behind the front-ends that reuse idle connections and do not retry (Apache
+    # mod_proxy_fcgi enablereuse, HAProxy fcgi-app keep-conn and send-proxy-v2), an old
+    # worker closing an idle pooled connection under a request failed it (issue 9, bug 8).
     server = fe.server
-    try:
-        with Load(fe) as load:
-            load.wait_for(50)
-            for _ in range(3):
-                before = generations_serving(server)
-                server.signal(signal.SIGHUP)
-                reloaded = functools.partial(lambda n: generations_serving(server) > n, before)
-                assert wait_until(reloaded, timeout=30), server.stderr[-2000:]
-                load.wait_for(load.ok + 100)
-        assert load.failures == [], load.failures[:10]
-        assert load.ok >= 300
-        assert wait_until(lambda: len(server.worker_pids) == 2, timeout=10)
-        assert_still_serving(fe)
-    finally:
-        if racy:
-            fe.forget_log()  # its 502/503s are this test's expected failure, not the next one's
+    with Load(fe) as load:
+        load.wait_for(50)
+        for _ in range(3):
+            before = generations_serving(server)
+            server.signal(signal.SIGHUP)
+            reloaded = functools.partial(lambda n: generations_serving(server) > n, before)
+            assert wait_until(reloaded, timeout=30), server.stderr[-2000:]
+            load.wait_for(load.ok + 100)
+    assert load.failures == [], load.failures[:10]
+    assert load.ok >= 300
+    assert wait_until(lambda: len(server.worker_pids) == 2, timeout=10)
+    assert_still_serving(fe)
