@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import signal
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ import pytest
 from tests.conftest import ServerProcess, upstream_connections
 from tests.nginx import MODES, Nginx, require_nginx
 from tests.rawhttp import RawConnectionExtras, get, wait_until
+from tests.test_frontends import Load, generations_serving
 
 DISPATCH = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
 HOST = "app.example"
@@ -438,3 +440,24 @@ def test_sequential_requests_reuse_one_upstream_connection(pool: FrontPool, keep
     assert first, "no upstream connection is held open"
     assert all(held == first for held in seen), seen
     assert len(first) <= 2, f"nginx holds {len(first)} upstream connections for sequential requests"
+
+
+# ---------------------------------------------------------------------- reloads
+
+
+def test_three_sighups_under_load_through_nginx_fail_no_request(pool: FrontPool, mode: str) -> None:
+    # The same bounded load as behind the other front-ends (tests/test_frontends.py):
+    # every response 200 with the right body while the worker is replaced three times.
+    front = pool.front(mode, "inline")
+    server = front.server
+    with Load(front) as load:  # (Load only uses .address)
+        load.wait_for(50)
+        for _ in range(3):
+            before = generations_serving(server)
+            server.signal(signal.SIGHUP)
+            assert wait_until(lambda n=before: generations_serving(server) > n, timeout=30), server.stderr[-2000:]
+            load.wait_for(load.ok + 100)
+    assert load.failures == [], load.failures[:10]
+    assert load.ok >= 300
+    assert wait_until(lambda: len(server.worker_pids) == 1, timeout=10)
+    assert_still_serving(front)
