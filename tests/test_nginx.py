@@ -455,7 +455,8 @@ def test_three_sighups_under_load_through_nginx_fail_no_request(pool: FrontPool,
         for _ in range(3):
             before = generations_serving(server)
             server.signal(signal.SIGHUP)
-            assert wait_until(lambda n=before: generations_serving(server) > n, timeout=30), server.stderr[-2000:]
+            reloaded = wait_until(lambda n=before: generations_serving(server) > n, timeout=30)
+            assert reloaded, server.stderr[-2000:]
             load.wait_for(load.ok + 100)
     assert load.failures == [], load.failures[:10]
     assert load.ok >= 300
