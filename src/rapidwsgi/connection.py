@@ -70,6 +70,7 @@ from .protocols.proxy import parse as parse_proxy_header
 from .wsgi import (
     EMPTY_INPUT,
     Environ,
+    Released,
     StreamInput,
     WSGIApp,
     buffered_input,
@@ -175,6 +176,12 @@ class ServerContext:
         finally:
             with self._busy_lock:
                 self.threads_busy -= 1
+
+    @property
+    def helper_gate(self) -> Any:
+        """The gate an application thread holds: ``gate`` on an inline worker's helper
+        thread, None on a threaded worker's pool (its calls may run side by side)."""
+        return self.gate if self.executor is None else None
 
     def run_helper(self, exchange: Exchange) -> None:
         """Inline mode: run one exchange on a helper thread, under the gate.
@@ -524,8 +531,7 @@ class HTTPConnection:
             # gate) and 100 Continue goes out only if it reads (RFC 9110 §10.1.1). If it
             # answers without reading, that response closes the connection (the client
             # may or may not send the body now: base._begin_response).
-            gate = None if ctx.executor is not None else ctx.gate
-            stream = StreamInput(self._input_wanted_threadsafe, gate=gate)
+            stream = StreamInput(self._input_wanted_threadsafe, gate=ctx.helper_gate)
             for chunk in chunks:
                 stream.feed(chunk)
             self._stream = stream
@@ -585,7 +591,7 @@ class HTTPConnection:
             self._exchange = exchange
             self._run_inline(exchange, exchange.start)
         else:
-            gate = None if ctx.executor is not None else ctx.gate
+            gate = ctx.helper_gate
             sink = ThreadedSink(self, gate)
             self._tsink = sink
             exchange = Exchange(
@@ -1136,14 +1142,8 @@ class ThreadedSink:
         return not self._disconnected and not self._blocked and self._pending < THREAD_HIGH_WATER
 
     def wait_writable(self) -> bool:
-        gate = self._gate
-        if gate is None:
+        with Released(self._gate):
             return self._wait_writable()
-        gate.release()
-        try:
-            return self._wait_writable()
-        finally:
-            gate.acquire()
 
     def _wait_writable(self) -> bool:
         with self._cond:

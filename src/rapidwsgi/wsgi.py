@@ -167,6 +167,25 @@ class _EmptyInput:
 EMPTY_INPUT: Final = _EmptyInput()
 
 
+class Released:
+    """``with Released(gate):`` a lock the calling thread holds (or None: nothing to do)
+    is let go for the block and taken again after it: an inline worker's helper thread
+    waiting for the loop must not keep the loop out of application code."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: Any) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        if self._gate is not None:
+            self._gate.release()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._gate is not None:
+            self._gate.acquire()
+
+
 class StreamInput:
     """``wsgi.input`` that the event loop feeds while an application thread reads.
 
@@ -251,14 +270,8 @@ class StreamInput:
 
     def read(self, size: int | None = -1) -> bytes:
         """Read ``size`` bytes (all, if negative or None), fewer only at end of body."""
-        gate = self._gate
-        if gate is None:
+        with Released(self._gate):
             return self._read(size)
-        gate.release()
-        try:
-            return self._read(size)
-        finally:
-            gate.acquire()
 
     def _read(self, size: int | None) -> bytes:
         limit = sys.maxsize if size is None or size < 0 else size
@@ -272,14 +285,8 @@ class StreamInput:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
-        gate = self._gate
-        if gate is None:
+        with Released(self._gate):
             return self._readline(size)
-        gate.release()
-        try:
-            return self._readline(size)
-        finally:
-            gate.acquire()
 
     def _readline(self, size: int | None) -> bytes:
         limit = sys.maxsize if size is None or size < 0 else size
