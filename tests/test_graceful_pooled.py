@@ -105,24 +105,35 @@ def test_idle_keep_conn_connection_is_kept_to_its_keep_alive_deadline_then_close
     assert wait_until(lambda: process_gone(worker), 10)
 
 
-def test_idle_http_connection_of_a_trusted_proxy_outlives_the_grace_a_direct_client_gets(
-    start_server: type[ServerProcess],
+def assert_idle_pooled_connection_outlives_the_grace(
+    server: ServerProcess, first: bytes, later: bytes
 ) -> None:
-    server = start_server("apps:app", "--workers", "1", "--keep-alive", str(KEEP_ALIVE))
-    with RawConnectionExtras(server.address) as proxied, RawConnectionExtras(server.address) as direct:
-        # A trusted peer (loopback) that sends forwarding fields is a proxy.
-        assert proxied.request(get("/hello", headers="X-Forwarded-For: 192.0.2.7\r\n")).status == 200
+    """``first`` marks a connection as a pooling peer's; after a SIGHUP, a direct
+    client's idle connection closes after the grace while the pooled one is still
+    answered (with close) past it, then closed."""
+    with RawConnectionExtras(server.address) as pooled, RawConnectionExtras(server.address) as direct:
+        assert pooled.request(first).status == 200
         assert direct.request(get("/hello")).status == 200
         worker = stop_old_worker(server)
         assert direct.closed_within(5), "a direct client's idle connection is closed after the grace"
-        response = proxied.request(get("/hello", headers="X-Forwarded-For: 192.0.2.7\r\n"))
+        time.sleep(1.0)  # past the 0.5 s grace a direct client gets
+        response = pooled.request(later)
         assert (response.status, response.body, response.header("connection")) == (
             200,
             b"Hello, world!",
             "close",
         )
-        assert proxied.closed_within(5)
+        assert pooled.closed_within(5)
     assert wait_until(lambda: process_gone(worker), 10)
+
+
+def test_idle_http_connection_of_a_trusted_proxy_outlives_the_grace_a_direct_client_gets(
+    start_server: type[ServerProcess],
+) -> None:
+    server = start_server("apps:app", "--workers", "1", "--keep-alive", str(KEEP_ALIVE))
+    # A trusted peer (loopback) that sends forwarding fields is a proxy.
+    forwarded = get("/hello", headers="X-Forwarded-For: 192.0.2.7\r\n")
+    assert_idle_pooled_connection_outlives_the_grace(server, forwarded, forwarded)
 
 
 def test_idle_connection_that_began_with_a_proxy_header_is_a_pooled_one(
@@ -132,18 +143,5 @@ def test_idle_connection_that_began_with_a_proxy_header_is_a_pooled_one(
     # the forwarding headers (deploy/haproxy/proxy-protocol.cfg): the PROXY header from
     # a trusted peer is what marks it as a proxy's.
     server = start_server("apps:app", "--workers", "1", "--keep-alive", str(KEEP_ALIVE), "--proxy-protocol")
-    with RawConnectionExtras(server.address) as proxied, RawConnectionExtras(server.address) as direct:
-        proxy_line = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n"
-        assert proxied.request(proxy_line + get("/hello")).status == 200
-        assert direct.request(get("/hello")).status == 200
-        worker = stop_old_worker(server)
-        assert direct.closed_within(5), "a direct client's idle connection is closed after the grace"
-        time.sleep(1.0)  # past the 0.5 s grace a direct client gets
-        response = proxied.request(get("/hello"))
-        assert (response.status, response.body, response.header("connection")) == (
-            200,
-            b"Hello, world!",
-            "close",
-        )
-        assert proxied.closed_within(5)
-    assert wait_until(lambda: process_gone(worker), 10)
+    proxy_line = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n"
+    assert_idle_pooled_connection_outlives_the_grace(server, proxy_line + get("/hello"), get("/hello"))

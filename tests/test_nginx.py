@@ -15,25 +15,22 @@ address may legitimately speak for others, which would make the spoofing test mo
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import signal
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import ServerProcess, upstream_connections
+from tests.frontclient import HOST, Load, assert_still_serving, environ_of, generations_serving, request
 from tests.nginx import MODES, Nginx, require_nginx
 from tests.rawhttp import RawConnectionExtras, get, wait_until
-from tests.test_frontends import Load, generations_serving
 
 DISPATCH = {"inline": ("--threads", "1"), "threaded": ("--threads", "4")}
-HOST = "app.example"
 FIVE_MB = bytes(range(256)) * (5 * 1024 * 1024 // 256)
 
 
@@ -144,57 +141,11 @@ def nginx_front(pool: FrontPool, mode: str, dispatch: str) -> Iterator[Front]:
 # ---------------------------------------------------------------------- clients
 
 
-def request(
-    front: Front,
-    method: str,
-    path: str,
-    *,
-    headers: Sequence[tuple[str, str]] = (),
-    body: bytes | Iterator[bytes] | None = None,
-    chunked: bool = False,
-    timeout: float = 30.0,
-) -> tuple[int, http.client.HTTPResponse, bytes]:
-    """One request through nginx with http.client (repeated headers kept as they are)."""
-    conn = http.client.HTTPConnection(*front.address, timeout=timeout)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", HOST)
-        for name, value in headers:
-            conn.putheader(name, value)
-        if chunked:
-            conn.putheader("Transfer-Encoding", "chunked")
-        elif isinstance(body, bytes):
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body if isinstance(body, bytes) else None)
-        if chunked:
-            assert body is not None and not isinstance(body, bytes)
-            for piece in body:
-                conn.send(b"%x\r\n%b\r\n" % (len(piece), piece))
-            conn.send(b"0\r\n\r\n")
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, response, data
-    finally:
-        conn.close()
-
-
-def environ_of(front: Front, path: str, headers: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    status, _, data = request(front, "GET", path, headers=headers)
-    assert status == 200, (status, data[:300])
-    doc: dict[str, Any] = json.loads(data)
-    return doc
-
-
 def stats(front: Front) -> dict[str, int]:
     status, _, data = request(front, "GET", "/stats")
     assert status == 200
     doc: dict[str, int] = json.loads(data)
     return doc
-
-
-def assert_still_serving(front: Front) -> None:
-    status, _, data = request(front, "GET", "/hello")
-    assert (status, data) == (200, b"Hello, world!")
 
 
 # ---------------------------------------------------------------------- the request
@@ -450,7 +401,7 @@ def test_three_sighups_under_load_through_nginx_fail_no_request(pool: FrontPool,
     # every response 200 with the right body while the worker is replaced three times.
     front = pool.front(mode, "inline")
     server = front.server
-    with Load(front) as load:  # (Load only uses .address)
+    with Load(front) as load:
         load.wait_for(50)
         for _ in range(3):
             before = generations_serving(server)
