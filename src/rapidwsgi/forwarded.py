@@ -110,7 +110,7 @@ def _node(value: str) -> tuple[str, str]:
         host, _, port = value.partition(":")
     else:
         host, port = value, ""
-    return host, port if port.isdigit() and port.isascii() and len(port) <= 5 else ""
+    return host, port if _is_port(port) else ""
 
 
 def _parse_forwarded(value: str) -> list[dict[str, str]]:
@@ -213,8 +213,13 @@ class ForwardingPolicy:
                 environ["HTTP_HOST"] = hosts[-1]
         if self._port:
             ports = _split(environ.get("HTTP_X_FORWARDED_PORT") or "")
-            if ports and ports[-1].isdigit() and ports[-1].isascii() and len(ports[-1]) <= 5:
+            if ports and _is_port(ports[-1]):
                 environ["SERVER_PORT"] = ports[-1]
+
+
+def _is_port(text: str) -> bool:
+    """Up to 5 ASCII digits: a port, not an RFC 7239 obfuscated identifier or junk."""
+    return text.isdigit() and text.isascii() and len(text) <= 5
 
 
 def _is_address(text: str) -> bool:
