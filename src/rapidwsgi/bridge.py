@@ -70,6 +70,7 @@ class Exchange:
         head_request: bool = False,
         blocking: bool = False,
         use_sendfile: bool = True,
+        context: contextvars.Context | None = None,
     ) -> None:
         self.app = app
         self.environ = environ
@@ -81,7 +82,7 @@ class Exchange:
         #: Every call into the application (app, iteration, close) runs in this
         #: context: one per exchange, so context variables neither leak between
         #: requests nor get lost between the chunks of one response.
-        self.context = contextvars.copy_context()
+        self.context = context if context is not None else contextvars.copy_context()
         self.response: Response | None = None
         self.head_sent = False
         self.sent = 0
@@ -89,6 +90,7 @@ class Exchange:
         self._result: Any = None
         self._iterator: Iterator[bytes] | None = None
         self._warned_overflow = False
+        self._adopted: tuple[Any, BaseException | None] | None = None
 
     # ------------------------------------------------------------ PEP 3333 callables
 
@@ -139,6 +141,25 @@ class Exchange:
         except Exception as exc:
             self._fail(exc)
             return True
+        return self._started(result)
+
+    def adopt(self, result: Any, exc: BaseException | None) -> None:
+        """Take over an application call made elsewhere (the C request path): its
+        return value, or the exception it raised; :meth:`resume` then continues."""
+        self._adopted = (result, exc)
+
+    def resume(self) -> bool:
+        """Continue an adopted call exactly where :meth:`start` would after the call."""
+        adopted = self._adopted
+        assert adopted is not None
+        self._adopted = None
+        result, exc = adopted
+        if exc is not None:
+            self._fail(exc)
+            return True
+        return self._started(result)
+
+    def _started(self, result: Any) -> bool:
         self._result = result
         try:
             kind = type(result)

@@ -67,16 +67,41 @@ from .protocols.base import Limits, ServerConnection
 from .protocols.http1 import H1Connection
 from .protocols.proxy import ProxyHeader
 from .protocols.proxy import parse as parse_proxy_header
+from .errors import AppError
 from .wsgi import (
     EMPTY_INPUT,
     Environ,
     Released,
     StreamInput,
     WSGIApp,
+    _headers_cache,
+    _parse_status,
+    _status_cache,
     buffered_input,
     build_environ,
     error_response,
+    header_parts,
 )
+
+try:
+    from . import _cfast
+except ImportError:  # no C compiler at install time, or a pure-Python build
+    C_PATH_AVAILABLE = False
+else:
+    C_PATH_AVAILABLE = True
+    _cfast.setup(
+        request=Request,
+        response=Response,
+        parse_status=_parse_status,
+        header_parts=header_parts,
+        status_cache=_status_cache,
+        headers_cache=_headers_cache,
+        app_error=AppError,
+        set_running_loop=_set_running_loop,
+    )
+#: Whether connections use the C request path by default: when it is built, unless
+#: ``RAPIDWSGI_NO_C=1`` (the test suite's mypyc-only pass, or a suspected C bug).
+C_PATH_DEFAULT: Final = C_PATH_AVAILABLE and os.environ.get("RAPIDWSGI_NO_C") != "1"
 
 INF: Final = float("inf")
 #: Request body bytes kept in memory before spooling to a temporary file (inline mode).
@@ -130,6 +155,7 @@ class ServerContext:
         on_request_done: Callable[[], None] | None = None,
         forwarding: ForwardingPolicy | None = None,
         proxy_protocol: bool = False,
+        c_path: bool | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -148,6 +174,8 @@ class ServerContext:
         self.forwarding = forwarding
         self.trusted = forwarding.trusted
         self.proxy_protocol = proxy_protocol
+        #: Plain HTTP/1.1 connections run their common requests in C (``_cfast.c``).
+        self.c_path = C_PATH_DEFAULT if c_path is None else (c_path and C_PATH_AVAILABLE)
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
         #: When a graceful stop gives up waiting (set by ``shutdown``).
@@ -323,6 +351,8 @@ class HTTPConnection:
         self._sf_dup = -1
         self._finish_pending = False
         self._fin_sent = False  # the FIN went out with the last response (_write_last)
+        #: The C request path of this connection (``_cfast.Fast``), or None.
+        self._fast: Any = None
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -343,6 +373,21 @@ class HTTPConnection:
         self._deadline = monotonic() + ctx.header_timeout
         if ctx.shutting_down:
             self._closing = True
+        if ctx.c_path and ctx.access_log is None and type(self.wire) is H1Connection:
+            limits = ctx.limits
+            self._fast = _cfast.Fast(
+                self,
+                ctx,
+                ctx.app,
+                self._environ_base,
+                self.transport.write,
+                ctx.loop,
+                EMPTY_INPUT,
+                ctx.on_request_done,
+                limits.max_line,
+                limits.max_fields,
+                limits.max_field_size,
+            )
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -351,6 +396,24 @@ class HTTPConnection:
             data = self._proxy_header(data)
             if not data:
                 return
+        fast = self._fast
+        if fast is not None and self._request is None and not self._in_process and not self._closing:
+            wire = cast(H1Connection, self.wire)
+            ctx = self.ctx
+            if wire.at_rest and not ctx.shutting_down:
+                # The C path serves the common requests of these bytes itself; what it
+                # declines (or hands over) continues below exactly as without it.
+                self._in_process = True
+                try:
+                    done = fast.serve(data, ctx.clock.date_server, ctx.executor is None and not ctx.gated)
+                finally:
+                    self._in_process = False
+                if self._request is None and not self._lingering and done:
+                    self._phase = _IDLE
+                    self._deadline = monotonic() + ctx.keep_alive
+                if done == len(data) or self._lingering or self._lost:
+                    return
+                data = data[done:]
         self.wire.receive_data(data)
         if not self._in_process:
             self._process()
@@ -406,6 +469,10 @@ class HTTPConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        fast = self._fast
+        if fast is not None:
+            self._fast = None
+            fast.clear()  # (it refers back to this connection)
         self.ctx.connections.discard(self)
         if self._sf_active:
             self._sf_cleanup()
@@ -560,35 +627,21 @@ class HTTPConnection:
         if stream is not None and stream.buffered < THREAD_HIGH_WATER // 2:
             self._resume_reading()
 
-    def _dispatch(self, wsgi_input: object, on_thread: bool) -> None:
-        """Run the application for the current request: inline, or on a thread."""
+    def _dispatch(self, wsgi_input: object, on_thread: bool, environ: Environ | None = None) -> None:
+        """Run the application for the current request: inline, or on a thread.
+
+        ``environ`` is given when the C path built it (``_c_dispatch``)."""
         request = self._request
         assert request is not None
         ctx = self.ctx
-        environ = build_environ(self._environ_base, request, wsgi_input)
-        if request.forwarded:
-            # A peer that forwards for clients is a proxy, which pools its connections
-            # to us (see begin_shutdown), trusted or not; only a trusted one is believed.
-            self._pooled = True
-            if self._forwarding:
-                ctx.forwarding.apply(environ)
-        self._environ = environ
-        self._dispatched = True
-        if self.wire.their_state is not SEND_BODY:
-            # The body (if any) is complete: the application owns the time now. While
-            # a threaded app still reads the body, the body timeout stays armed.
-            self._phase = _APP
-            self._deadline = INF
-        self._sent = 0
-        if ctx.access_log is not None:
-            self._started = time.monotonic()
+        if environ is None:
+            environ = build_environ(self._environ_base, request, wsgi_input)
+            if request.forwarded:
+                self._c_forwarded(environ)
+        self._begin_exchange(environ)
         head_request = request.method == b"HEAD"
         if not on_thread:
-            self._budget = PUMP_BUDGET
-            exchange = Exchange(
-                ctx.app, environ, self, ctx.clock, head_request=head_request, use_sendfile=self._raw_ok
-            )
-            self._exchange = exchange
+            exchange = self._inline_exchange(environ, head_request, None)
             self._run_inline(exchange, exchange.start)
         else:
             gate = ctx.helper_gate
@@ -607,6 +660,78 @@ class HTTPConnection:
                 ctx.run_threaded(exchange)
             else:
                 ctx.run_helper(exchange)
+
+    def _begin_exchange(self, environ: Environ) -> None:
+        """The request is complete enough to run: the application owns the time now."""
+        ctx = self.ctx
+        self._environ = environ
+        self._dispatched = True
+        if self.wire.their_state is not SEND_BODY:
+            # The body (if any) is complete: the application owns the time now. While
+            # a threaded app still reads the body, the body timeout stays armed.
+            self._phase = _APP
+            self._deadline = INF
+        self._sent = 0
+        if ctx.access_log is not None:
+            self._started = time.monotonic()
+
+    def _inline_exchange(self, environ: Environ, head_request: bool, context: Any) -> Exchange:
+        ctx = self.ctx
+        self._budget = PUMP_BUDGET
+        exchange = Exchange(
+            ctx.app,
+            environ,
+            self,
+            ctx.clock,
+            head_request=head_request,
+            use_sendfile=self._raw_ok,
+            context=context,
+        )
+        self._exchange = exchange
+        return exchange
+
+    # ------------------------------------------------------------ the C path's hooks
+    # ``_cfast.Fast.serve`` calls these (on the loop thread, inside data_received) to
+    # hand a request to the Python machinery in the state the Python path would have
+    # reached by the same point: one seam, so a client cannot tell the paths apart.
+
+    def _c_forwarded(self, environ: Environ) -> None:
+        """A request with forwarding fields: a peer that forwards for clients is a
+        proxy, which pools its connections to us (see begin_shutdown), trusted or not;
+        only a trusted one is believed (forwarded.py)."""
+        self._pooled = True
+        if self._forwarding:
+            self.ctx.forwarding.apply(environ)
+
+    def _c_dispatch(self, request: Request, environ: Environ) -> None:
+        """Parsed and built in C; run here (threaded, or inline while a helper thread
+        holds the gate)."""
+        self.wire.adopt_request(request)
+        self._request = request
+        self._chunks = None
+        self._dispatch(EMPTY_INPUT, self.ctx.executor is not None, environ)
+
+    def _c_exchange(self, request: Request, environ: Environ, context: Any, response: Response | None) -> Exchange:
+        """The application, called by the C path, needs the Python exchange (write(), a
+        streaming or unusual result, an exception): the exchange as ``_dispatch``
+        would have made it, with the response ``start_response`` gave so far."""
+        self.wire.adopt_request(request)
+        self._request = request
+        self._chunks = None
+        self._begin_exchange(environ)
+        exchange = self._inline_exchange(environ, request.method == b"HEAD", context)
+        exchange.response = response
+        return exchange
+
+    def _c_adopt(self, exchange: Exchange, result: Any, exc: BaseException | None) -> None:
+        """Continue an exchange from ``_c_exchange`` after the application returned."""
+        exchange.adopt(result, exc)
+        self._run_inline(exchange, exchange.resume)
+
+    def _c_closed(self) -> None:
+        """The C path wrote a final response after which the connection closes."""
+        self.wire.closed_by_c_path()
+        self._after_response()
 
     def _run_inline(self, exchange: Exchange, step: Callable[[], object]) -> None:
         """Run one step of an inline exchange as application code.

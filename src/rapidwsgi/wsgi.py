@@ -377,7 +377,7 @@ _HOP_BY_HOP: Final = frozenset(
 )
 _SPECIAL_OUT: Final = _HOP_BY_HOP | {"content-length", "date", "server"}
 
-_status_cache: dict[str, tuple[int, bytes]] = {}
+_status_cache: Final[dict[str, tuple[int, bytes]]] = {}
 
 
 def _parse_status(status: object) -> tuple[int, bytes]:
@@ -420,6 +420,16 @@ def build_response(
     Raises :class:`AppError` on any PEP 3333 or RFC 9110 violation.
     """
     code, status_line = _parse_status(status)
+    block, content_length, close, add = header_parts(headers)
+    return Response(code, status_line, block + date_server[add], content_length, close)
+
+
+def header_parts(headers: object) -> tuple[bytes, int | None, bool, int]:
+    """Validate an application's header list (cached by content): ``(block,
+    content_length, close, date_server index)``; raises :class:`AppError`.
+
+    The C request path (``_cfast.c``) looks up the same cache and calls this on a miss.
+    """
     if type(headers) is not list:
         raise AppError(f"response headers must be a list, not {type(headers).__name__}")
     try:
@@ -433,8 +443,7 @@ def build_response(
             if len(_headers_cache) >= _MAX_CACHED_HEADERS:
                 _headers_cache.clear()
             _headers_cache[key] = cached
-    block, content_length, close, add = cached
-    return Response(code, status_line, block + date_server[add], content_length, close)
+    return cached
 
 
 def _serialise_headers(headers: list[Any]) -> tuple[bytes, int | None, bool, int]:

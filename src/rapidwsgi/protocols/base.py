@@ -174,6 +174,17 @@ class ServerConnection:
             self.their_state = _AFTER_COMPLETE_HEAD if request.keep_alive else MUST_CLOSE
         return request
 
+    def adopt_request(self, request: Request) -> Request:
+        """A request the C path (``_cfast.c``) parsed from bytes this parser never saw:
+        the cycle continues here as if ``next_event()`` had returned it."""
+        return self._on_request(request)
+
+    def closed_by_c_path(self) -> None:
+        """The C path sent a final response after which the connection closes: both
+        sides are done with it (rule 4 of ``_state.py``)."""
+        self.their_state = MUST_CLOSE
+        self.our_state = MUST_CLOSE
+
     def _on_data(self, data: Data) -> Data:
         self._waiting_continue = False  # body bytes: the client stopped waiting
         if self._body_mode == LENGTH:

@@ -81,6 +81,21 @@ class H1Connection(ServerConnection):
         return bool(self._unfed) or bool(self._tokens.queue)
 
     @property
+    def at_rest(self) -> bool:
+        """Between requests, nothing received and not yet parsed: the next bytes may go
+        to the C request path (``_cfast.c``), which runs whole cycles itself."""
+        tokens = self._tokens
+        return (
+            self.their_state is IDLE
+            and self.our_state is IDLE
+            and not self._unfed
+            and not tokens.queue
+            and not tokens.in_message
+            and not self._eof
+            and not self._dead
+        )
+
+    @property
     def receiving_head(self) -> bool:
         """Part of a request head has arrived, but not all of it."""
         return self._tokens.in_head or (self.their_state is IDLE and self._unfed_bytes > 0)

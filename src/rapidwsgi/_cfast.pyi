@@ -1,0 +1,37 @@
+"""Type stub of the C request path (``_cfast.c``; see its contract at the top)."""
+
+from collections.abc import Callable
+from typing import Any
+
+from .events import Request
+
+def setup(
+    *,
+    request: type,
+    response: type,
+    parse_status: Callable[[object], tuple[int, bytes]],
+    header_parts: Callable[[object], tuple[bytes, int | None, bool, int]],
+    status_cache: dict[str, tuple[int, bytes]],
+    headers_cache: dict[tuple[Any, ...], tuple[bytes, int | None, bool, int]],
+    app_error: type[BaseException],
+    set_running_loop: Callable[[Any], None],
+) -> None: ...
+def parse_head(data: bytes, max_line: int, max_fields: int, max_field_size: int, /) -> tuple[int, Request] | None: ...
+
+class Fast:
+    def __init__(
+        self,
+        conn: Any,
+        ctx: Any,
+        app: Any,
+        base: dict[str, Any],
+        write: Callable[[bytes], object],
+        loop: Any,
+        empty_input: object,
+        on_done: Callable[[], None] | None,
+        max_line: int,
+        max_fields: int,
+        max_field_size: int,
+    ) -> None: ...
+    def serve(self, data: bytes, date_server: tuple[bytes, bytes, bytes, bytes], inline: bool, /) -> int: ...
+    def clear(self) -> None: ...
