@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import pstats
 import sys
 import time
@@ -112,6 +113,8 @@ def main() -> None:
         feed = conn.data_received
     for _ in range(1000):
         feed(request)
+    gc.collect()
+    gc.freeze()  # as the worker does before it serves (worker.py)
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -47,7 +47,7 @@ static PyObject *set_running_loop;  /* asyncio.events._set_running_loop */
 
 static PyObject *s_REQUEST_METHOD, *s_PATH_INFO, *s_QUERY_STRING, *s_RAW_URI, *s_REQUEST_URI,
     *s_SERVER_PROTOCOL, *s_wsgi_input, *s_CONTENT_LENGTH, *s_SCRIPT_NAME, *s_HTTP_COOKIE,
-    *s_HTTP_11, *s_HTTP_10, *s_zero, *s_sep_comma, *s_sep_cookie;
+    *s_HTTP_11, *s_HTTP_10, *s_zero, *s_empty, *s_sep_comma, *s_sep_cookie;
 static PyObject *s_c_exchange, *s_c_adopt, *s_c_closed, *s_c_dispatch, *s_c_forwarded, *s_write,
     *s_start_response, *s_authority, *s_content_length, *s_chunked, *s_keep_alive,
     *s_expect_continue, *s_forwarded, *kw_request;
@@ -133,6 +133,7 @@ enum {
 
 #define NAME_MAX_CACHED 64
 #define NAME_SLOTS 512
+#define VALUE_MAX_CACHED 80
 
 typedef struct {
     Py_ssize_t len;   /* 0: empty slot */
@@ -141,6 +142,9 @@ typedef struct {
     unsigned gen;     /* request generation that last saw this field (repeats) */
     PyObject *key;    /* environ key (str), NULL for F_DROPPED */
     PyObject *lname;  /* lower-cased name (bytes), for Request.headers */
+    Py_ssize_t value_len; /* the last value seen (most fields repeat from request to request) */
+    char value[VALUE_MAX_CACHED];
+    PyObject *value_str;
 } NameEntry;
 
 static NameEntry names[NAME_SLOTS];
@@ -206,6 +210,7 @@ static NameEntry *name_entry(const char *raw, Py_ssize_t n, size_t hash) {
             e->key = key;
             e->lname = lname;
             e->gen = 0;
+            e->value_str = NULL;
             e->len = n;
             names_used++;
             return e;
@@ -512,8 +517,20 @@ static int decode_target(const Head *h, PyObject **path_info, PyObject **query, 
 }
 
 static int set_header(PyObject *env, PyObject *key, const Field *f, int repeated) {
-    PyObject *text = PyUnicode_DecodeLatin1(f->value, f->value_len, NULL);
-    if (text == NULL) return -1;
+    NameEntry *e = f->entry;
+    PyObject *text;
+    if (e != NULL && e->value_str != NULL && e->value_len == f->value_len &&
+        memcmp(e->value, f->value, f->value_len) == 0) {
+        text = Py_NewRef(e->value_str);
+    } else {
+        text = PyUnicode_DecodeLatin1(f->value, f->value_len, NULL);
+        if (text == NULL) return -1;
+        if (e != NULL && f->value_len <= VALUE_MAX_CACHED) {
+            Py_XSETREF(e->value_str, Py_NewRef(text));
+            memcpy(e->value, f->value, f->value_len);
+            e->value_len = f->value_len;
+        }
+    }
     if (repeated) {
         PyObject *old = PyDict_GetItemWithError(env, key); /* borrowed */
         if (old == NULL && PyErr_Occurred()) {
@@ -544,7 +561,7 @@ static int set_header(PyObject *env, PyObject *key, const Field *f, int repeated
  * keys every request sets (so that setting them replaces a value instead of inserting),
  * in a table sized for a browser's head, so that the copy is one memcpy of the table
  * and adding the fields does not resize it. New reference. */
-static PyObject *make_template(PyObject *base) {
+static PyObject *make_template(PyObject *base, PyObject *empty_input) {
     PyObject *t = _PyDict_NewPresized(PyDict_GET_SIZE(base) + 8 + 24);
     if (t == NULL) return NULL;
     /* (Item by item: PyDict_Update into an empty dict adopts a copy of base's own,
@@ -557,10 +574,10 @@ static PyObject *make_template(PyObject *base) {
             return NULL;
         }
     }
-    if (PyDict_SetItem(t, s_REQUEST_METHOD, Py_None) < 0 ||
-        PyDict_SetItem(t, s_PATH_INFO, Py_None) < 0 || PyDict_SetItem(t, s_QUERY_STRING, Py_None) < 0 ||
+    if (PyDict_SetItem(t, s_REQUEST_METHOD, method_str[M_GET]) < 0 ||
+        PyDict_SetItem(t, s_PATH_INFO, Py_None) < 0 || PyDict_SetItem(t, s_QUERY_STRING, s_empty) < 0 ||
         PyDict_SetItem(t, s_RAW_URI, Py_None) < 0 || PyDict_SetItem(t, s_REQUEST_URI, Py_None) < 0 ||
-        PyDict_SetItem(t, s_SERVER_PROTOCOL, Py_None) < 0 || PyDict_SetItem(t, s_wsgi_input, Py_None) < 0) {
+        PyDict_SetItem(t, s_SERVER_PROTOCOL, s_HTTP_11) < 0 || PyDict_SetItem(t, s_wsgi_input, empty_input) < 0) {
         Py_DECREF(t);
         return NULL;
     }
@@ -568,7 +585,7 @@ static PyObject *make_template(PyObject *base) {
 }
 
 /* The environ for an accepted head (wsgi.build_environ), new reference. */
-static PyObject *build_environ(PyObject *base, const Head *h, PyObject *empty_input) {
+static PyObject *build_environ(PyObject *base, int from_template, const Head *h, PyObject *empty_input) {
     PyObject *env = PyDict_Copy(base);
     if (env == NULL) return NULL;
     PyObject *own[3] = {NULL, NULL, NULL};
@@ -589,11 +606,17 @@ static PyObject *build_environ(PyObject *base, const Head *h, PyObject *empty_in
     } else if (script == NULL && PyErr_Occurred()) {
         goto fail;
     }
-    if (PyDict_SetItem(env, s_REQUEST_METHOD, method_str[h->method]) < 0 ||
-        PyDict_SetItem(env, s_PATH_INFO, path_info) < 0 || PyDict_SetItem(env, s_QUERY_STRING, query) < 0 ||
-        PyDict_SetItem(env, s_RAW_URI, uri) < 0 || PyDict_SetItem(env, s_REQUEST_URI, uri) < 0 ||
-        PyDict_SetItem(env, s_SERVER_PROTOCOL, h->v11 ? s_HTTP_11 : s_HTTP_10) < 0 ||
-        PyDict_SetItem(env, s_wsgi_input, empty_input) < 0) {
+    /* The template already holds the common values (GET, no query, HTTP/1.1, no body). */
+    if ((!from_template || h->method != M_GET) && PyDict_SetItem(env, s_REQUEST_METHOD, method_str[h->method]) < 0)
+        goto fail_stripped;
+    if ((!from_template || PyUnicode_GET_LENGTH(query) > 0) && PyDict_SetItem(env, s_QUERY_STRING, query) < 0)
+        goto fail_stripped;
+    if ((!from_template || !h->v11) && PyDict_SetItem(env, s_SERVER_PROTOCOL, h->v11 ? s_HTTP_11 : s_HTTP_10) < 0)
+        goto fail_stripped;
+    if (!from_template && PyDict_SetItem(env, s_wsgi_input, empty_input) < 0) goto fail_stripped;
+    if (PyDict_SetItem(env, s_PATH_INFO, path_info) < 0 || PyDict_SetItem(env, s_RAW_URI, uri) < 0 ||
+        PyDict_SetItem(env, s_REQUEST_URI, uri) < 0) {
+    fail_stripped:
         Py_XDECREF(stripped);
         goto fail;
     }
@@ -905,8 +928,10 @@ typedef struct {
     PyObject *empty_input; /* wsgi.EMPTY_INPUT */
     PyObject *on_done;     /* ctx.on_request_done or None */
     PyObject *ctx;         /* the ServerContext: its shutting_down flag */
-    PyObject *template;    /* make_template(base), built at the first request (after a
-                              PROXY header, the last change to base) */
+    PyObject *template;    /* make_template(base), built at the second request (after a
+                              PROXY header, the last change to base): most connections
+                              of a client that does not keep them alive see one */
+    Py_ssize_t served;     /* requests this connection ran here */
     StartResponse *sr;     /* reused while nothing else holds it */
     Limits limits;
 } Fast;
@@ -1171,8 +1196,11 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
     while (off < len) {
         Py_ssize_t n = parse_one(buf + off, len - off, &self->limits, &head);
         if (n == 0) break; /* declined: the reference parser takes it from here */
-        if (self->template == NULL && (self->template = make_template(self->base)) == NULL) goto error;
-        PyObject *env = build_environ(self->template, &head, self->empty_input);
+        if (self->template == NULL && self->served > 0 && (self->template = make_template(self->base, self->empty_input)) == NULL)
+            goto error;
+        self->served++;
+        PyObject *env = self->template != NULL ? build_environ(self->template, 1, &head, self->empty_input)
+                                               : build_environ(self->base, 0, &head, self->empty_input);
         if (env == NULL) goto error;
         off += n;
         if (head.forwarded) {
@@ -1434,6 +1462,7 @@ PyMODINIT_FUNC PyInit__cfast(void) {
     INTERN(s_HTTP_11, "HTTP/1.1");
     INTERN(s_HTTP_10, "HTTP/1.0");
     INTERN(s_zero, "0");
+    INTERN(s_empty, "");
     INTERN(s_sep_comma, ", ");
     INTERN(s_sep_cookie, "; ");
     INTERN(s_c_exchange, "_c_exchange");

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import signal
 import socket
@@ -256,6 +257,12 @@ class Worker:
         self._ctx = ctx
         if self._signal is not None:
             ctx.shutting_down = True  # a signal came while the context was being built
+        # Everything alive now (modules, the application, its caches) lives as long as
+        # the worker: keep the cyclic garbage collector from traversing it again at
+        # every collection the requests' allocations trigger (and from touching pages
+        # shared with the master after fork).
+        gc.collect()
+        gc.freeze()
         servers = []
         # Loaded here, in each worker, so that a reload picks up renewed certificate files
         # (the master already checked that they load).

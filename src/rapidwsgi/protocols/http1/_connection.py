@@ -167,7 +167,7 @@ class H1Connection(ServerConnection):
                 data = unfed.popleft()
             self._unfed_bytes -= len(data)
             try:
-                tokens.parser.feed_data(data)
+                tokens.feed(data)
             except httptools.HttpParserUpgrade as exc:
                 # llhttp stops at a request with Upgrade (or CONNECT); rapidwsgi
                 # upgrades nothing (RFC 9110 §7.8 lets a server ignore Upgrade), so

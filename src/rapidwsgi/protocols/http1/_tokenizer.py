@@ -54,7 +54,9 @@ class Tokenizer:
         #: Body bytes queued as Data events and not yet taken.
         self.queued_bytes = 0
         self.error: RemoteProtocolError | None = None
-        self.parser: Any = httptools.HttpRequestParser(self)
+        #: Made on first use (``feed``): a connection whose requests the C path serves
+        #: never needs one, and making one costs thousands of instructions.
+        self.parser: Any = None
         self.in_message = False
         self.in_head = False
         self.url = b""
@@ -63,6 +65,13 @@ class Tokenizer:
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.has_body = False
         self.body_total = 0
+
+    def feed(self, data: bytes) -> None:
+        """Feed bytes to llhttp (its callbacks run; its errors propagate)."""
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
+        parser.feed_data(data)
 
     def restart(self) -> None:
         """A fresh llhttp parser (after an Upgrade request, which llhttp stops at)."""
