@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
-.PHONY: serve test test-fast lint typecheck unit unit-compiled unit-source docs bench bench-quick bench-selftest clean
+.PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
+	docs bench bench-quick bench-selftest bench-instructions clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -35,7 +36,7 @@ serve: $(SERVE_STAMP)
 	@echo "make: serving the demo app on http://127.0.0.1:8000 (Ctrl-C stops it)"
 	$(BIN)/rapidwsgi --bind 127.0.0.1:8000 --access-logfile - rapidwsgi.demo:app
 
-test: lint typecheck unit
+test: lint typecheck unit asan
 
 # One pass instead of two (the compiled build only): for development; CI runs `make test`.
 test-fast: lint typecheck unit-compiled
@@ -51,13 +52,35 @@ typecheck: $(STAMP)
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
 		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py
 
-unit: unit-compiled unit-source
+# Every build: the C request path (with the mypyc-compiled modules), the mypyc modules
+# alone (RAPIDWSGI_NO_C=1), and the pure-Python sources.
+unit: unit-compiled unit-mypyc unit-source
 
 unit-compiled: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+unit-mypyc: $(STAMP)
+	RAPIDWSGI_NO_C=1 $(BIN)/python -m pytest -q
+
 unit-source: $(STAMP)
 	RAPIDWSGI_TEST_SOURCE=1 $(BIN)/python -m pytest -q
+
+# The C path built with AddressSanitizer (and UBSan) in a copy of the sources; the
+# differential tests and the server tests run against it (servers inherit LD_PRELOAD).
+ASAN_DIR := build/asan
+PY_INCLUDE = $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+PY_EXT = $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+asan: $(STAMP)
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r src/rapidwsgi $(ASAN_DIR)/
+	rm -rf $(ASAN_DIR)/rapidwsgi/__pycache__
+	gcc -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+		-Wall -Wextra -Werror -fPIC -shared -I$(PY_INCLUDE) src/rapidwsgi/_cfast.c \
+		-o $(ASAN_DIR)/rapidwsgi/_cfast$(PY_EXT)
+	RAPIDWSGI_TEST_SOURCE=1 RAPIDWSGI_TEST_SRC=$(ASAN_DIR) RAPIDWSGI_REQUIRE_C=1 PYTHONMALLOC=malloc \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_cpath.py tests/test_cparser_fuzz.py \
+		tests/test_server_http.py tests/test_server_wsgi.py tests/test_server_timeouts.py
 
 docs: $(STAMP)
 	$(BIN)/python -m rapidwsgi.config > docs/settings.md

@@ -28,8 +28,11 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 SOURCE_MODE = os.environ.get("RAPIDWSGI_TEST_SOURCE") == "1"
+#: The source tree source mode tests (``make asan`` points it at a copy with a C path
+#: built under AddressSanitizer).
+SRC = Path(os.environ.get("RAPIDWSGI_TEST_SRC") or ROOT / "src").resolve()
 if SOURCE_MODE:
-    sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(SRC))
 _SERVING = re.compile(r"Worker \d+ serving")
 _LISTENING = re.compile(r"Listening at: (https?://\[?([^\]\s]+?)\]?:(\d+)|unix:(\S+)) \(")
 
@@ -101,7 +104,7 @@ class ServerProcess:
             cmd += ["--bind", bind]
         cmd += [*args, app]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        paths = [str(TESTS), str(ROOT / "src") if SOURCE_MODE else "", full_env.get("PYTHONPATH", "")]
+        paths = [str(TESTS), str(SRC) if SOURCE_MODE else "", full_env.get("PYTHONPATH", "")]
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.cmd = cmd
         # A preexec_fn may set variables that depend on the child (systemd's LISTEN_PID):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SOURCE_MODE
+from tests.conftest import ROOT, SOURCE_MODE, SRC
 
 PACKAGE = ROOT / "src" / "rapidwsgi"
 
@@ -30,6 +30,7 @@ RANKS = {
     "rapidwsgi.forwarded": 3,
     "rapidwsgi.log": 3,
     "rapidwsgi.bridge": 4,
+    "rapidwsgi._cfast": 4.5,  # the C request path (a C extension: imports nothing)
     "rapidwsgi.connection": 5,
     "rapidwsgi.sockets": 5,
     "rapidwsgi.config": 5,
@@ -141,3 +142,21 @@ def test_source_mode_runs_the_pure_python_sources() -> None:
     import rapidwsgi.connection
 
     assert rapidwsgi.connection.__file__ == str(PACKAGE / "connection.py")
+
+
+def test_each_build_runs_the_request_path_it_names() -> None:
+    """The three builds the suite runs against (Makefile ``unit``): the installed one with
+    the C request path, the same with ``RAPIDWSGI_NO_C=1`` (mypyc only), and the
+    sources (pure Python; ``make asan`` builds a C path into a copy of them)."""
+    import rapidwsgi.connection as connection
+
+    no_c = os.environ.get("RAPIDWSGI_NO_C") == "1"
+    if os.environ.get("RAPIDWSGI_REQUIRE_C") == "1":
+        expected = True
+    elif SOURCE_MODE:
+        expected = SRC != (ROOT / "src").resolve()
+    elif not (shutil.which("cc") or shutil.which("gcc")) or os.environ.get("RAPIDWSGI_PURE_PYTHON") == "1":
+        pytest.skip("no C compiler: the Python path serves every request")
+    else:
+        expected = True
+    assert (connection.C_PATH_AVAILABLE, connection.C_PATH_DEFAULT) == (expected, expected and not no_c)

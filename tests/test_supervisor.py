@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SOURCE_MODE, TESTS, ServerProcess, process_gone
+from tests.conftest import ROOT, SOURCE_MODE, SRC, TESTS, ServerProcess, process_gone
 from tests.rawhttp import ConnectionClosedError, RawConnection, RawConnectionExtras, get, wait_until
 
 Start = type[ServerProcess]
@@ -774,7 +774,7 @@ def _python_usable_as(user: str) -> bool:
     """Whether ``user`` can run this interpreter and import rapidwsgi (not so when it lives
     under a private home directory)."""
     entry = pwd.getpwnam(user)
-    paths = [str(TESTS), str(ROOT / "src") if SOURCE_MODE else ""]
+    paths = [str(TESTS), str(SRC) if SOURCE_MODE else ""]
     try:
         result = subprocess.run(
             [sys.executable, "-c", "import ctypes, json, uvloop, rapidwsgi.supervisor"],

@@ -396,27 +396,33 @@ class HTTPConnection:
             data = self._proxy_header(data)
             if not data:
                 return
-        fast = self._fast
-        if fast is not None and self._request is None and not self._in_process and not self._closing:
-            wire = cast(H1Connection, self.wire)
-            ctx = self.ctx
-            if wire.at_rest and not ctx.shutting_down:
-                # The C path serves the common requests of these bytes itself; what it
-                # declines (or hands over) continues below exactly as without it.
-                self._in_process = True
-                try:
-                    done = fast.serve(data, ctx.clock.date_server, ctx.executor is None and not ctx.gated)
-                finally:
-                    self._in_process = False
-                if self._request is None and not self._lingering and done:
-                    self._phase = _IDLE
-                    self._deadline = monotonic() + ctx.keep_alive
-                if done == len(data) or self._lingering or self._lost:
-                    return
-                data = data[done:]
+        if self._fast is not None and self._request is None and not self._in_process and not self._closing:
+            data = self._serve_fast(data)
+            if not data:
+                return
         self.wire.receive_data(data)
         if not self._in_process:
             self._process()
+
+    def _serve_fast(self, data: bytes) -> bytes:
+        """Between requests: the C path serves the common requests of ``data`` itself;
+        what it declines or hands over (returned, or now in the Python machinery)
+        continues exactly as without it."""
+        wire = cast(H1Connection, self.wire)
+        ctx = self.ctx
+        if not wire.at_rest or ctx.shutting_down:
+            return data
+        self._in_process = True
+        try:
+            done: int = self._fast.serve(data, ctx.clock.date_server, ctx.executor is None and not ctx.gated)
+        finally:
+            self._in_process = False
+        if done and self._request is None and not self._lingering:
+            self._phase = _IDLE
+            self._deadline = monotonic() + ctx.keep_alive
+        if done == len(data) or self._lingering or self._lost:
+            return b""
+        return data[done:]
 
     def _proxy_header(self, data: bytes) -> bytes:
         """Consume a PROXY protocol header (HAProxy v1/v2); return the bytes after it."""
