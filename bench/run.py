@@ -193,7 +193,7 @@ def check_tools(need_nginx: bool) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def server_env(cfg: Config, tmp: Path) -> dict[str, str]:
+def server_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["PYTHONPATH"] = str(APPS_DIR)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -229,9 +229,9 @@ def can_connect(address: str) -> bool:
     return True
 
 
-def wait_ready(proc: subprocess.Popen[bytes], check: Any, what: str) -> str:
+def wait_ready(proc: subprocess.Popen[bytes], check: Any, what: str, timeout: float = READY_TIMEOUT_S) -> str:
     """Poll check() until it returns '' (ready); returns '' or the failure reason."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -240,7 +240,7 @@ def wait_ready(proc: subprocess.Popen[bytes], check: Any, what: str) -> str:
         if not last:
             return ""
         time.sleep(0.1)
-    return f"{what}: not ready within {READY_TIMEOUT_S:.0f}s (last: {last})"
+    return f"{what}: not ready within {timeout:.0f}s (last: {last})"
 
 
 def get_check(port: int, path: str) -> Any:
@@ -321,7 +321,7 @@ def running_server(server: str, grp: Group, cfg: Config, tmp: Path, tag: str) ->
         proc = subprocess.Popen(
             argv,
             cwd=APPS_DIR,
-            env=server_env(cfg, tmp),
+            env=server_env(tmp),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
