@@ -270,22 +270,31 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def session_peak_rss_kb(sid: int) -> int:
-    """Sum of the peak RSS (VmHWM) of the live processes of session sid: the server's
-    master and workers (an upper bound of their joint peak)."""
-    total = 0
+def session_pids(sid: int) -> list[int]:
+    """The live processes of session sid: a server started in its own session (master and
+    workers, whatever they fork)."""
+    pids: list[int] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) != sid:
-                continue
-            for line in Path(f"/proc/{entry.name}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
+            if int(fields[3]) == sid:
+                pids.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue
+    return pids
+
+
+def session_peak_rss_kb(sid: int) -> int:
+    """Sum of the peak RSS (VmHWM) of the live processes of session sid: the server's
+    master and workers (an upper bound of their joint peak)."""
+    total = 0
+    for pid in session_pids(sid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
     return total
 
 
