@@ -822,8 +822,13 @@ import rapidwsgi, rapidwsgi.connection as c, uvloop
 build = "mypyc" if c.__file__.endswith((".so", ".pyd")) else "pure Python"
 if importlib.util.find_spec("rapidwsgi._cfast"):
     build += " + _cfast"
-when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(c.__file__)))
-print(rapidwsgi.__version__, build, os.path.dirname(rapidwsgi.__file__), when, sep="|")
+where = os.path.dirname(rapidwsgi.__file__)
+files = [os.path.join(d, f) for d, _, names in os.walk(where) if "__pycache__" not in d for f in names]
+files += [os.path.join(os.path.dirname(where), f) for f in os.listdir(os.path.dirname(where))
+          if f.startswith("rapidwsgi_native")]
+newest = max(os.path.getmtime(f) for f in files)  # a reinstall, or one extension rebuilt
+when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(newest))
+print(rapidwsgi.__version__, build, where, when, sep="|")
 """
 
 
@@ -832,7 +837,7 @@ class Build:
     version: str
     build: str  # mypyc or pure Python, "+ _cfast" when the C request path is there
     where: str
-    installed: str
+    installed: str  # the newest file of the installed package
 
 
 def rapidwsgi_build(python: str) -> Build:
