@@ -76,7 +76,7 @@ bench-selftest:
 	$(PYTHON) bench/run.py --selftest --servers rapidwsgi,waitress
 
 # Instructions per request under callgrind (valgrind needed): rapidwsgi as installed in $(VENV), the
-# uvloop floor, and bjoern, fastwsgi and granian from bench/.venv-peers; about 10 minutes.
+# uvloop floor, and bjoern, fastwsgi and granian from bench/.venv-peers (about 4 minutes once installed).
 bench-instructions: $(STAMP)
 	$(BIN)/python bench/instructions.py --breakdown
 
