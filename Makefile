@@ -48,9 +48,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
-		bench/report.py bench/charts.py bench/modes.py tests/test_bench.py
+		bench/report.py bench/charts.py bench/modes.py bench/instructions.py tests/test_bench.py \
+		tests/test_bench_instructions.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
-		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py
+		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py
 
 # Every build: the C request path (with the mypyc-compiled modules), the mypyc modules
 # alone (RAPIDWSGI_NO_C=1), and the pure-Python sources.
@@ -95,6 +96,11 @@ bench-quick:
 
 bench-selftest:
 	$(PYTHON) bench/run.py --selftest --servers rapidwsgi,waitress
+
+# Instructions per request under callgrind (valgrind needed): rapidwsgi as installed in $(VENV), the
+# uvloop floor, and bjoern, fastwsgi and granian from bench/.venv-peers (about 4 minutes once installed).
+bench-instructions: $(STAMP)
+	$(BIN)/python bench/instructions.py --breakdown
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -93,6 +93,13 @@ LOADS = (
     Load("wrk-c500", "wrk", 500),
     Load("wrk-c2000", "wrk", 2000),
 )
+# A browser-like request head (7 fields, a cookie, a query string): bench/hotpath.py feeds it
+# to the hot path, bench/instructions.py sends it to each server.
+BROWSER = (
+    b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+    b"Accept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nCookie: a=b; c=d\r\n\r\n"
+)
 APP_BY_NAME = {a.name: a for a in APPS}
 MODE_BY_NAME = {m.name: m for m in MODES}
 LOAD_BY_NAME = {ld.name: ld for ld in LOADS}

@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any
 
+from common import BROWSER
+
 from rapidwsgi.config import Config
 from rapidwsgi.connection import HTTPConnection, ServerContext
 from rapidwsgi.log import Clock
@@ -25,11 +27,6 @@ from rapidwsgi.protocols.http1 import Limits
 from rapidwsgi.worker import base_environ
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
-BROWSER = (
-    b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
-    b"Accept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\n"
-    b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nCookie: a=b; c=d\r\n\r\n"
-)
 
 
 def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:

@@ -175,6 +175,7 @@ INSTALLS = {
 }
 VERSION_DISTS = (
     "rapidwsgi",
+    "uvloop",
     "gunicorn",
     "gevent",
     "greenlet",

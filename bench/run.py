@@ -193,7 +193,7 @@ def check_tools(need_nginx: bool) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def server_env(cfg: Config, tmp: Path) -> dict[str, str]:
+def server_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["PYTHONPATH"] = str(APPS_DIR)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -229,9 +229,9 @@ def can_connect(address: str) -> bool:
     return True
 
 
-def wait_ready(proc: subprocess.Popen[bytes], check: Any, what: str) -> str:
+def wait_ready(proc: subprocess.Popen[bytes], check: Any, what: str, timeout: float = READY_TIMEOUT_S) -> str:
     """Poll check() until it returns '' (ready); returns '' or the failure reason."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -240,7 +240,7 @@ def wait_ready(proc: subprocess.Popen[bytes], check: Any, what: str) -> str:
         if not last:
             return ""
         time.sleep(0.1)
-    return f"{what}: not ready within {READY_TIMEOUT_S:.0f}s (last: {last})"
+    return f"{what}: not ready within {timeout:.0f}s (last: {last})"
 
 
 def get_check(port: int, path: str) -> Any:
@@ -270,22 +270,31 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def session_peak_rss_kb(sid: int) -> int:
-    """Sum of the peak RSS (VmHWM) of the live processes of session sid: the server's
-    master and workers (an upper bound of their joint peak)."""
-    total = 0
+def session_pids(sid: int) -> list[int]:
+    """The live processes of session sid: a server started in its own session (master and
+    workers, whatever they fork)."""
+    pids: list[int] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) != sid:
-                continue
-            for line in Path(f"/proc/{entry.name}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
+            if int(fields[3]) == sid:
+                pids.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue
+    return pids
+
+
+def session_peak_rss_kb(sid: int) -> int:
+    """Sum of the peak RSS (VmHWM) of the live processes of session sid: the server's
+    master and workers (an upper bound of their joint peak)."""
+    total = 0
+    for pid in session_pids(sid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
     return total
 
 
@@ -321,7 +330,7 @@ def running_server(server: str, grp: Group, cfg: Config, tmp: Path, tag: str) ->
         proc = subprocess.Popen(
             argv,
             cwd=APPS_DIR,
-            env=server_env(cfg, tmp),
+            env=server_env(tmp),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
