@@ -557,35 +557,9 @@ static int set_header(PyObject *env, PyObject *key, const Field *f, int repeated
     return rc;
 }
 
-/* What each request's environ is copied from: the connection's base keys, then the
- * keys every request sets (so that setting them replaces a value instead of inserting),
- * in a table sized for a browser's head, so that the copy is one memcpy of the table
- * and adding the fields does not resize it. New reference. */
-static PyObject *make_template(PyObject *base, PyObject *empty_input) {
-    PyObject *t = _PyDict_NewPresized(PyDict_GET_SIZE(base) + 8 + 24);
-    if (t == NULL) return NULL;
-    /* (Item by item: PyDict_Update into an empty dict adopts a copy of base's own,
-     * smaller table.) */
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(base, &pos, &key, &value)) {
-        if (PyDict_SetItem(t, key, value) < 0) {
-            Py_DECREF(t);
-            return NULL;
-        }
-    }
-    if (PyDict_SetItem(t, s_REQUEST_METHOD, method_str[M_GET]) < 0 ||
-        PyDict_SetItem(t, s_PATH_INFO, Py_None) < 0 || PyDict_SetItem(t, s_QUERY_STRING, s_empty) < 0 ||
-        PyDict_SetItem(t, s_RAW_URI, Py_None) < 0 || PyDict_SetItem(t, s_REQUEST_URI, Py_None) < 0 ||
-        PyDict_SetItem(t, s_SERVER_PROTOCOL, s_HTTP_11) < 0 || PyDict_SetItem(t, s_wsgi_input, empty_input) < 0) {
-        Py_DECREF(t);
-        return NULL;
-    }
-    return t;
-}
-
 /* The environ for an accepted head (wsgi.build_environ), new reference. */
-static PyObject *build_environ(PyObject *base, int from_template, const Head *h, PyObject *empty_input) {
+static PyObject *build_environ(PyObject *base, const Head *h, PyObject *empty_input) {
+    (void)empty_input; /* (the template's wsgi.input: no body is read here) */
     PyObject *env = PyDict_Copy(base);
     if (env == NULL) return NULL;
     PyObject *own[3] = {NULL, NULL, NULL};
@@ -606,14 +580,11 @@ static PyObject *build_environ(PyObject *base, int from_template, const Head *h,
     } else if (script == NULL && PyErr_Occurred()) {
         goto fail;
     }
-    /* The template already holds the common values (GET, no query, HTTP/1.1, no body). */
-    if ((!from_template || h->method != M_GET) && PyDict_SetItem(env, s_REQUEST_METHOD, method_str[h->method]) < 0)
-        goto fail_stripped;
-    if ((!from_template || PyUnicode_GET_LENGTH(query) > 0) && PyDict_SetItem(env, s_QUERY_STRING, query) < 0)
-        goto fail_stripped;
-    if ((!from_template || !h->v11) && PyDict_SetItem(env, s_SERVER_PROTOCOL, h->v11 ? s_HTTP_11 : s_HTTP_10) < 0)
-        goto fail_stripped;
-    if (!from_template && PyDict_SetItem(env, s_wsgi_input, empty_input) < 0) goto fail_stripped;
+    /* base is a copy of the connection's template (connection.environ_template): it
+     * already holds the common values (GET, no query, HTTP/1.1, EMPTY_INPUT). */
+    if (h->method != M_GET && PyDict_SetItem(env, s_REQUEST_METHOD, method_str[h->method]) < 0) goto fail_stripped;
+    if (PyUnicode_GET_LENGTH(query) > 0 && PyDict_SetItem(env, s_QUERY_STRING, query) < 0) goto fail_stripped;
+    if (!h->v11 && PyDict_SetItem(env, s_SERVER_PROTOCOL, s_HTTP_10) < 0) goto fail_stripped;
     if (PyDict_SetItem(env, s_PATH_INFO, path_info) < 0 || PyDict_SetItem(env, s_RAW_URI, uri) < 0 ||
         PyDict_SetItem(env, s_REQUEST_URI, uri) < 0) {
     fail_stripped:
@@ -928,10 +899,6 @@ typedef struct {
     PyObject *empty_input; /* wsgi.EMPTY_INPUT */
     PyObject *on_done;     /* ctx.on_request_done or None */
     PyObject *ctx;         /* the ServerContext: its shutting_down flag */
-    PyObject *template;    /* make_template(base), built at the second request (after a
-                              PROXY header, the last change to base): most connections
-                              of a client that does not keep them alive see one */
-    Py_ssize_t served;     /* requests this connection ran here */
     StartResponse *sr;     /* reused while nothing else holds it */
     Limits limits;
 } Fast;
@@ -1002,7 +969,6 @@ static int fast_traverse(PyObject *op, visitproc visit, void *arg) {
     Py_VISIT(self->empty_input);
     Py_VISIT(self->on_done);
     Py_VISIT(self->ctx);
-    Py_VISIT(self->template);
     Py_VISIT(self->sr);
     return 0;
 }
@@ -1017,7 +983,6 @@ static int fast_clear(PyObject *op) {
     Py_CLEAR(self->empty_input);
     Py_CLEAR(self->on_done);
     Py_CLEAR(self->ctx);
-    Py_CLEAR(self->template);
     Py_CLEAR(self->sr);
     return 0;
 }
@@ -1026,6 +991,39 @@ static void fast_dealloc(PyObject *op) {
     PyObject_GC_UnTrack(op);
     fast_clear(op);
     PyObject_GC_Del(op);
+}
+
+static PyTypeObject Fast_Type;
+
+/* Fast(conn, ctx, app, base, write, loop, empty_input, on_done, max_line, max_fields,
+ * max_field_size), by position: one per connection, so without argument parsing. */
+static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs != 11 || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Fast(conn, ctx, app, base: dict, write, loop, empty_input, on_done, max_line, max_fields, "
+                        "max_field_size)");
+        return NULL;
+    }
+    Py_ssize_t lim[3];
+    for (int i = 0; i < 3; i++) {
+        lim[i] = PyLong_AsSsize_t(args[8 + i]);
+        if (lim[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    Fast *self = (Fast *)((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+    if (self == NULL) return NULL;
+    self->conn = Py_NewRef(args[0]);
+    self->ctx = Py_NewRef(args[1]);
+    self->app = Py_NewRef(args[2]);
+    self->base = Py_NewRef(args[3]);
+    self->write = Py_NewRef(args[4]);
+    self->loop = Py_NewRef(args[5]);
+    self->empty_input = Py_NewRef(args[6]);
+    self->on_done = args[7] == Py_None ? NULL : Py_NewRef(args[7]);
+    self->limits.max_line = lim[0];
+    self->limits.max_fields = lim[1];
+    self->limits.max_field_size = lim[2];
+    return (PyObject *)self;
 }
 
 static int fast_init(PyObject *op, PyObject *args, PyObject *kwargs) {
@@ -1196,11 +1194,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
     while (off < len) {
         Py_ssize_t n = parse_one(buf + off, len - off, &self->limits, &head);
         if (n == 0) break; /* declined: the reference parser takes it from here */
-        if (self->template == NULL && self->served > 0 && (self->template = make_template(self->base, self->empty_input)) == NULL)
-            goto error;
-        self->served++;
-        PyObject *env = self->template != NULL ? build_environ(self->template, 1, &head, self->empty_input)
-                                               : build_environ(self->base, 0, &head, self->empty_input);
+        PyObject *env = build_environ(self->base, &head, self->empty_input);
         if (env == NULL) goto error;
         off += n;
         if (head.forwarded) {
@@ -1378,6 +1372,7 @@ static PyTypeObject Fast_Type = {
     .tp_methods = fast_methods,
     .tp_init = fast_init,
     .tp_new = PyType_GenericNew,
+    .tp_vectorcall = fast_vectorcall,
 };
 
 /* ------------------------------------------------------------------ module functions */
@@ -1406,6 +1401,33 @@ static PyObject *mod_parse_head(PyObject *mod, PyObject *args) {
     return out;
 }
 
+/* presized(items, spare) -> dict: ``items`` in a table with room for ``spare`` more
+ * keys, so that copies of it (dict.copy clones the table) take that many without a
+ * resize. (PyDict_Update into an empty dict would adopt the source's smaller table.) */
+static PyObject *mod_presized(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    (void)mod;
+    if (nargs != 2 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "presized(items: dict, spare: int)");
+        return NULL;
+    }
+    Py_ssize_t spare = PyLong_AsSsize_t(args[1]);
+    if (spare < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "spare must be >= 0");
+        return NULL;
+    }
+    PyObject *t = _PyDict_NewPresized(PyDict_GET_SIZE(args[0]) + spare);
+    if (t == NULL) return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(args[0], &pos, &key, &value)) {
+        if (PyDict_SetItem(t, key, value) < 0) {
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
 static PyObject *mod_setup(PyObject *mod, PyObject *args, PyObject *kwargs) {
     (void)mod;
     static char *kwlist[] = {"request",       "response",      "parse_status",     "header_parts",
@@ -1427,6 +1449,8 @@ static PyObject *mod_setup(PyObject *mod, PyObject *args, PyObject *kwargs) {
 }
 
 static PyMethodDef module_methods[] = {
+    {"presized", (PyCFunction)(void (*)(void))mod_presized, METH_FASTCALL,
+     "presized(items, spare) -> a copy of items with room for spare more keys"},
     {"parse_head", mod_parse_head, METH_VARARGS,
      "parse_head(data, max_line, max_fields, max_field_size) -> (consumed, Request) | None"},
     {"setup", (PyCFunction)(void (*)(void))mod_setup, METH_VARARGS | METH_KEYWORDS,

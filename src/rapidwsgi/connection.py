@@ -160,6 +160,7 @@ class ServerContext:
         self.app = app
         self.loop = loop
         self.base_environ = base_environ
+        self.environ_template = environ_template(base_environ)
         self.limits = limits
         self.clock = clock
         self.executor = executor
@@ -275,8 +276,39 @@ class ServerContext:
             conn.begin_shutdown()
 
 
+#: Spare room in an environ template for the request's own keys (its header fields).
+TEMPLATE_SPARE: Final = 32
+
+
+def environ_template(base: Environ) -> Environ:
+    """What each connection's base environ is copied from: ``base`` (the process's keys),
+    the per-connection keys (``connection_environ``) and the keys every request sets,
+    with their commonest values (GET, no query, HTTP/1.1, no body). Every request
+    overwrites the request keys (``build_environ``; the C path skips writing a value
+    that is already right), and the table has room for a browser's header fields, so
+    copying the template is one table copy, never a resize."""
+    template = {
+        **base,
+        "SERVER_NAME": "",
+        "SERVER_PORT": "",
+        "REMOTE_ADDR": "",
+        "REMOTE_PORT": "",
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "",
+        "QUERY_STRING": "",
+        "RAW_URI": "",
+        "REQUEST_URI": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.input": EMPTY_INPUT,
+    }
+    if C_PATH_AVAILABLE:
+        return _cfast.presized(template, TEMPLATE_SPARE)
+    return template
+
+
 def connection_environ(base: Environ, transport: asyncio.BaseTransport) -> Environ:
-    """The per-connection environ keys: SERVER_NAME/PORT and REMOTE_ADDR/PORT."""
+    """The per-connection environ keys: SERVER_NAME/PORT and REMOTE_ADDR/PORT (``base``
+    is the context's ``environ_template``)."""
     env = base.copy()
     sockname = transport.get_extra_info("sockname")
     peername = transport.get_extra_info("peername")
@@ -360,7 +392,7 @@ class HTTPConnection:
         # uvloop's transports implement the Transport API without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
-        self._environ_base = connection_environ(ctx.base_environ, self.transport)
+        self._environ_base = connection_environ(ctx.environ_template, self.transport)
         if self._tls:
             self._environ_base["wsgi.url_scheme"] = "https"
             self._environ_base["HTTPS"] = "on"
@@ -717,7 +749,9 @@ class HTTPConnection:
         self._chunks = None
         self._dispatch(EMPTY_INPUT, self.ctx.executor is not None, environ)
 
-    def _c_exchange(self, request: Request, environ: Environ, context: Any, response: Response | None) -> Exchange:
+    def _c_exchange(
+        self, request: Request, environ: Environ, context: Any, response: Response | None
+    ) -> Exchange:
         """The application, called by the C path, needs the Python exchange (write(), a
         streaming or unusual result, an exception): the exchange as ``_dispatch``
         would have made it, with the response ``start_response`` gave so far."""
