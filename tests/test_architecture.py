@@ -148,15 +148,15 @@ def test_each_build_runs_the_request_path_it_names() -> None:
     """The three builds the suite runs against (Makefile ``unit``): the installed one with
     the C request path, the same with ``RAPIDWSGI_NO_C=1`` (mypyc only), and the
     sources (pure Python; ``make asan`` builds a C path into a copy of them)."""
-    import rapidwsgi.connection as connection
+    from rapidwsgi import connection
 
     no_c = os.environ.get("RAPIDWSGI_NO_C") == "1"
     if os.environ.get("RAPIDWSGI_REQUIRE_C") == "1":
         expected = True
     elif SOURCE_MODE:
-        expected = SRC != (ROOT / "src").resolve()
+        expected = (ROOT / "src").resolve() != SRC
     elif not (shutil.which("cc") or shutil.which("gcc")) or os.environ.get("RAPIDWSGI_PURE_PYTHON") == "1":
         pytest.skip("no C compiler: the Python path serves every request")
     else:
         expected = True
-    assert (connection.C_PATH_AVAILABLE, connection.C_PATH_DEFAULT) == (expected, expected and not no_c)
+    assert (expected, expected and not no_c) == (connection.C_PATH_AVAILABLE, connection.C_PATH_DEFAULT)

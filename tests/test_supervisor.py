@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SOURCE_MODE, SRC, TESTS, ServerProcess, process_gone
+from tests.conftest import SOURCE_MODE, SRC, TESTS, ServerProcess, process_gone
 from tests.rawhttp import ConnectionClosedError, RawConnection, RawConnectionExtras, get, wait_until
 
 Start = type[ServerProcess]

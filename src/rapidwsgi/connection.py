@@ -58,7 +58,7 @@ from time import monotonic
 from typing import IO, Any, Final, cast
 
 from .bridge import Exchange
-from .errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
+from .errors import AppError, ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
 from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Reply, Request, Response
 from .forwarded import ForwardingPolicy, TrustedPeers
 from .log import AccessLog, AccessRecord, Clock, error_log
@@ -67,7 +67,6 @@ from .protocols.base import Limits, ServerConnection
 from .protocols.http1 import H1Connection
 from .protocols.proxy import ProxyHeader
 from .protocols.proxy import parse as parse_proxy_header
-from .errors import AppError
 from .wsgi import (
     EMPTY_INPUT,
     Environ,
