@@ -78,6 +78,13 @@ from .wsgi import (
     error_response,
 )
 
+try:
+    from . import _cfast  # noqa: F401  (the C request path, when it is built)
+except ImportError:
+    C_PATH_AVAILABLE = False
+else:
+    C_PATH_AVAILABLE = True
+
 INF: Final = float("inf")
 #: Request body bytes kept in memory before spooling to a temporary file (inline mode).
 SPOOL_MEMORY: Final = 1 << 20
@@ -130,6 +137,7 @@ class ServerContext:
         on_request_done: Callable[[], None] | None = None,
         forwarding: ForwardingPolicy | None = None,
         proxy_protocol: bool = False,
+        c_path: bool | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -148,6 +156,8 @@ class ServerContext:
         self.forwarding = forwarding
         self.trusted = forwarding.trusted
         self.proxy_protocol = proxy_protocol
+        #: Placeholder until the C request path lands: always the Python path for now.
+        self.c_path = bool(c_path) if c_path is not None else False
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
         #: When a graceful stop gives up waiting (set by ``shutdown``).
