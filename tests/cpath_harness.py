@@ -17,7 +17,7 @@ Shared by ``tests/test_cpath.py``, ``tests/fuzz_cparser.py`` and
 (``connection.C_PATH_AVAILABLE`` is False) both runs take the reference path: the
 comparison then checks that the harness itself is deterministic.
 
-Determinism: the ``Date`` header comes from :class:`FixedClock`; after every input
+Determinism: the ``Date`` header comes from :func:`fixed_clock`; after every input
 step the loop runs until nothing is ready and every application thread has finished
 or waits for request body bytes (:func:`_settle`), so a helper thread's ``100
 Continue`` is never raced by the next chunk.
@@ -49,7 +49,7 @@ from rapidwsgi.wsgi import FileWrapper
 
 C_PATH_AVAILABLE: bool = bool(getattr(rconnection, "C_PATH_AVAILABLE", False))
 
-#: The wall time every FixedClock reports (a Tuesday in November 2023).
+#: The wall time of fixed_clock() (a Tuesday in November 2023).
 FIXED_WALL = 1_700_000_000.0
 #: Seconds after which _settle gives up (an application thread that never finishes).
 SETTLE_TIMEOUT = 10.0
@@ -61,17 +61,16 @@ App = Callable[[Environ, StartResponse], Iterable[bytes]]
 LoggingApp = Callable[[Environ, StartResponse, "list[object]"], Iterable[bytes]]
 
 
-class FixedClock(Clock):
-    """A :class:`~rapidwsgi.log.Clock` whose ``Date`` never changes."""
-
-    def update(self) -> None:
-        self.now = time.monotonic()
-        self.wall = FIXED_WALL
-        if not self.log_time:
-            date = b"Date: " + formatdate(FIXED_WALL, usegmt=True).encode("ascii") + b"\r\n"
-            server = b"Server: rapidwsgi\r\n"
-            self.date_server = (date + server, date, server, b"")
-            self.log_time = time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime(FIXED_WALL))
+def fixed_clock() -> Clock:
+    """A :class:`~rapidwsgi.log.Clock` whose ``Date`` is FIXED_WALL (the harness never
+    ticks it; a subclass would not do: the compiled build's Clock is a native class)."""
+    clock = Clock()
+    date = b"Date: " + formatdate(FIXED_WALL, usegmt=True).encode("ascii") + b"\r\n"
+    server = b"Server: rapidwsgi\r\n"
+    clock.date_server = (date + server, date, server, b"")
+    clock.wall = FIXED_WALL
+    clock.log_time = time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime(FIXED_WALL))
+    return clock
 
 
 @dataclass(frozen=True)
@@ -348,7 +347,9 @@ async def _settle(ctx: ServerContext, conn: HTTPConnection) -> None:
                 if quiet >= 2:
                     return
         if time.monotonic() > deadline:
-            raise AssertionError(f"the connection did not settle ({ctx.threads_busy} application threads busy)")
+            raise AssertionError(
+                f"the connection did not settle ({ctx.threads_busy} application threads busy)"
+            )
 
 
 def run_connection(
@@ -381,7 +382,7 @@ async def _run(
         loop=loop,
         base_environ=base_environ(config, errors_stream),
         limits=setup.make_limits(),
-        clock=FixedClock(),
+        clock=fixed_clock(),
         executor=executor,
         proxy_protocol=setup.proxy_protocol,
         c_path=c_path,
@@ -403,6 +404,8 @@ async def _run(
         call(conn.connection_made, transport)
         await _settle(ctx, conn)
         for chunk in chunks:
+            if not chunk:
+                continue  # a transport never delivers empty data (b"" would mean EOF)
             if transport.closing:
                 break
             if transport.paused:

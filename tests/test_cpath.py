@@ -20,7 +20,6 @@ import random
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
 
 import pytest
 
@@ -66,6 +65,32 @@ def test_the_harness_sees_the_extension_as_connection_does() -> None:
         assert C_PATH_AVAILABLE
 
 
+@pytest.mark.skipif(not C_PATH_AVAILABLE, reason="the C extension is not built")
+def test_the_c_path_serves_a_plain_request_without_the_python_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards against a vacuous comparison: with c_path=True a plain GET never reaches
+    the reference parser (and with c_path=False it does)."""
+    from rapidwsgi.protocols.http1 import H1Connection
+
+    seen: list[bytes] = []
+    original = H1Connection.receive_data
+
+    def spy(self: H1Connection, data: bytes) -> None:
+        if data:
+            seen.append(data)
+        original(self, data)
+
+    monkeypatch.setattr(H1Connection, "receive_data", spy)
+    raw = GET + head(b"GET /2?x=1 HTTP/1.1", b"Host: h", b"Accept: */*")
+    run_connection([raw], one_bytes, c_path=False)
+    if not seen:
+        pytest.skip("compiled build: its native calls bypass the spy")
+    assert seen == [raw]
+    seen.clear()
+    c_run = run_connection([raw], one_bytes, c_path=True)
+    assert not seen
+    assert c_run.out.count(b"HTTP/1.1 200 OK") == 2
+
+
 def splits(raw: bytes, seed: str, *, bytewise: bool = True) -> Iterator[list[bytes]]:
     """Whole, two reads at every (or evenly spaced) boundary, byte by byte, random cuts."""
     yield [raw]
@@ -103,7 +128,9 @@ def test_valid_corpus_streams(case: object) -> None:
     differential([raw], echo_stream_app, with_limits(TRUSTED, limits), what=f"{name}: stream app")
     if len(raw) <= BYTEWISE:
         chunks = [raw[i : i + 1] for i in range(len(raw))]
-        differential(chunks, echo_stream_app, with_limits(TRUSTED, limits), what=f"{name}: stream app, bytewise")
+        differential(
+            chunks, echo_stream_app, with_limits(TRUSTED, limits), what=f"{name}: stream app, bytewise"
+        )
 
 
 @pytest.mark.parametrize("case", INVALID, ids=[c.name for c in INVALID])
@@ -172,7 +199,14 @@ REQUESTS: list[tuple[str, bytes, Setup]] = [
     ("options_star", head(b"OPTIONS * HTTP/1.1", b"Host: h"), TRUSTED),
     ("absolute_form", head(b"GET http://Other.Example:81/p/q?x=1 HTTP/1.1", b"Host: h"), TRUSTED),
     ("absolute_form_https_no_path", head(b"GET https://other.example HTTP/1.1", b"Host: h"), TRUSTED),
-    ("other_methods", b"".join(head(m + b" /m HTTP/1.1", b"Host: h") for m in (b"PUT", b"DELETE", b"PATCH", b"TRACE", b"PROPFIND", b"M-SEARCH")), TRUSTED),  # noqa: E501
+    (
+        "other_methods",
+        b"".join(
+            head(m + b" /m HTTP/1.1", b"Host: h")
+            for m in (b"PUT", b"DELETE", b"PATCH", b"TRACE", b"PROPFIND", b"M-SEARCH")
+        ),
+        TRUSTED,
+    ),
     ("http10", head(b"GET /old HTTP/1.0"), TRUSTED),
     ("http10_host", head(b"GET /old HTTP/1.0", b"Host: h"), TRUSTED),
     ("http10_keep_alive", head(b"GET /a HTTP/1.0", b"Connection: keep-alive") * 3, TRUSTED),
@@ -180,48 +214,150 @@ REQUESTS: list[tuple[str, bytes, Setup]] = [
     ("http10_keep_alive_and_close", head(b"GET /a HTTP/1.0", b"Connection: keep-alive, close") * 2, TRUSTED),
     ("http11_close", head(b"GET /c HTTP/1.1", b"Host: h", b"Connection: close") + GET, TRUSTED),
     ("http11_close_in_list", head(b"GET /c HTTP/1.1", b"Host: h", b"Connection: foo, CLOSE") + GET, TRUSTED),
-    ("http11_two_connection_fields", head(b"GET / HTTP/1.1", b"Host: h", b"Connection: a", b"Connection: close") + GET, TRUSTED),  # noqa: E501
+    (
+        "http11_two_connection_fields",
+        head(b"GET / HTTP/1.1", b"Host: h", b"Connection: a", b"Connection: close") + GET,
+        TRUSTED,
+    ),
     ("pipelined_five", GET * 5, TRUSTED),
-    ("pipelined_mixed", GET + head(b"HEAD /x HTTP/1.1", b"Host: h") + head(b"GET /q?a=b HTTP/1.1", b"Host: h") + GET, TRUSTED),  # noqa: E501
+    (
+        "pipelined_mixed",
+        GET + head(b"HEAD /x HTTP/1.1", b"Host: h") + head(b"GET /q?a=b HTTP/1.1", b"Host: h") + GET,
+        TRUSTED,
+    ),
     ("pipelined_then_garbage", GET + GET + b"\x16\x03\x01\x00", TRUSTED),
     ("pipelined_then_partial", GET + b"GET /partial HTTP/1.1\r\nHost:", TRUSTED),
     ("leading_crlf_between", GET + b"\r\n" + GET + b"\r\n\r\n" + GET, TRUSTED),
     ("content_length_0", head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 0") + GET, TRUSTED),
     ("content_length_00", head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 00") + GET, TRUSTED),
-    ("get_with_content_length_0", head(b"GET /p HTTP/1.1", b"Host: h", b"Content-Length: 0", b"Content-Type: x/y") + GET, TRUSTED),  # noqa: E501
+    (
+        "get_with_content_length_0",
+        head(b"GET /p HTTP/1.1", b"Host: h", b"Content-Length: 0", b"Content-Type: x/y") + GET,
+        TRUSTED,
+    ),
     ("small_body", head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 5") + b"hello" + GET, TRUSTED),
     ("small_body_http10", head(b"POST /p HTTP/1.0", b"Content-Length: 5") + b"hello", TRUSTED),
     ("body_short_then_eof", head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 9") + b"hello", TRUSTED),
-    ("chunked", head(b"POST /c HTTP/1.1", b"Host: h", b"Transfer-Encoding: chunked") + b"5\r\nhello\r\n3;x=y\r\n abc\r\n0\r\nT: v\r\n\r\n" + GET, TRUSTED),  # noqa: E501
-    ("expect_continue", head(b"POST /e HTTP/1.1", b"Host: h", b"Expect: 100-continue", b"Content-Length: 4") + b"body" + GET, TRUSTED),  # noqa: E501
+    (
+        "chunked",
+        head(b"POST /c HTTP/1.1", b"Host: h", b"Transfer-Encoding: chunked")
+        + b"5\r\nhello\r\n3;x=y\r\n abc\r\n0\r\nT: v\r\n\r\n"
+        + GET,
+        TRUSTED,
+    ),
+    (
+        "expect_continue",
+        head(b"POST /e HTTP/1.1", b"Host: h", b"Expect: 100-continue", b"Content-Length: 4") + b"body" + GET,
+        TRUSTED,
+    ),
     ("expect_continue_no_body", head(b"GET /e HTTP/1.1", b"Host: h", b"Expect: 100-continue") + GET, TRUSTED),
-    ("expect_continue_chunked", head(b"PUT /e HTTP/1.1", b"Host: h", b"Expect: 100-Continue", b"Transfer-Encoding: chunked") + b"2\r\nab\r\n0\r\n\r\n", TRUSTED),  # noqa: E501
-    ("expect_continue_http10", head(b"POST /e HTTP/1.0", b"Expect: 100-continue", b"Content-Length: 2") + b"ab", TRUSTED),  # noqa: E501
-    ("expect_other", head(b"POST /e HTTP/1.1", b"Host: h", b"Expect: 200-ok", b"Content-Length: 2") + b"ab", TRUSTED),  # noqa: E501
-    ("upgrade", head(b"GET /ws HTTP/1.1", b"Host: h", b"Connection: Upgrade", b"Upgrade: websocket", b"Sec-WebSocket-Version: 13") + GET, TRUSTED),  # noqa: E501
-    ("upgrade_h2c", head(b"GET / HTTP/1.1", b"Host: h", b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAAQAAP__") + GET, TRUSTED),  # noqa: E501
+    (
+        "expect_continue_chunked",
+        head(b"PUT /e HTTP/1.1", b"Host: h", b"Expect: 100-Continue", b"Transfer-Encoding: chunked")
+        + b"2\r\nab\r\n0\r\n\r\n",
+        TRUSTED,
+    ),
+    (
+        "expect_continue_http10",
+        head(b"POST /e HTTP/1.0", b"Expect: 100-continue", b"Content-Length: 2") + b"ab",
+        TRUSTED,
+    ),
+    (
+        "expect_other",
+        head(b"POST /e HTTP/1.1", b"Host: h", b"Expect: 200-ok", b"Content-Length: 2") + b"ab",
+        TRUSTED,
+    ),
+    (
+        "upgrade",
+        head(
+            b"GET /ws HTTP/1.1",
+            b"Host: h",
+            b"Connection: Upgrade",
+            b"Upgrade: websocket",
+            b"Sec-WebSocket-Version: 13",
+        )
+        + GET,
+        TRUSTED,
+    ),
+    (
+        "upgrade_h2c",
+        head(b"GET / HTTP/1.1", b"Host: h", b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAAQAAP__") + GET,
+        TRUSTED,
+    ),
     ("forwarded_trusted", head(b"GET /f HTTP/1.1", b"Host: h", *FORWARDING) + GET, TRUSTED),
     ("forwarded_untrusted", head(b"GET /f HTTP/1.1", b"Host: h", *FORWARDING) + GET, UNTRUSTED),
-    ("forwarded_rfc7239", head(b"GET /f HTTP/1.1", b"Host: h", b'Forwarded: for="[2001:db8::1]:4711";proto=https;host=pub.example'), TRUSTED),  # noqa: E501
+    (
+        "forwarded_rfc7239",
+        head(
+            b"GET /f HTTP/1.1",
+            b"Host: h",
+            b'Forwarded: for="[2001:db8::1]:4711";proto=https;host=pub.example',
+        ),
+        TRUSTED,
+    ),
     ("forwarded_by_only", head(b"GET /f HTTP/1.1", b"Host: h", b"X-Forwarded-By: 10.0.0.1"), TRUSTED),
     ("forwarded_underscore", head(b"GET /f HTTP/1.1", b"Host: h", b"X-Forwarded_For: 6.6.6.6"), TRUSTED),
     # A pooling peer closed on an error: the last bytes go out corked, FIN with them.
-    ("forwarded_then_bad", head(b"GET /f HTTP/1.1", b"Host: h", b"X-Forwarded-For: 1.2.3.4") + b"BAD\x00\r\n\r\n", TRUSTED),  # noqa: E501
-    ("forwarded_then_close", head(b"GET /f HTTP/1.1", b"Host: h", b"X-Forwarded-For: 1.2.3.4", b"Connection: close"), TRUSTED),  # noqa: E501
+    (
+        "forwarded_then_bad",
+        head(b"GET /f HTTP/1.1", b"Host: h", b"X-Forwarded-For: 1.2.3.4") + b"BAD\x00\r\n\r\n",
+        TRUSTED,
+    ),
+    (
+        "forwarded_then_close",
+        head(b"GET /f HTTP/1.1", b"Host: h", b"X-Forwarded-For: 1.2.3.4", b"Connection: close"),
+        TRUSTED,
+    ),
     ("unix_socket_peer", GET + GET, Setup(peername=None, sockname="/run/app.sock")),
     ("ipv6_peer", GET, Setup(peername=("::1", 50001), sockname=("::1", 8000))),
     ("tls", GET + head(b"GET /t HTTP/1.1", b"Host: h", b"X-Forwarded-Proto: http"), Setup(tls=True)),
-    ("proxy_protocol_v1", b"PROXY TCP4 192.0.2.1 192.0.2.2 56324 443\r\n" + GET + GET, Setup(proxy_protocol=True)),
+    (
+        "proxy_protocol_v1",
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 56324 443\r\n" + GET + GET,
+        Setup(proxy_protocol=True),
+    ),
     ("proxy_protocol_absent", GET + GET, Setup(proxy_protocol=True)),
     ("shutting_down", GET + GET, Setup(shutting_down=True)),
-    ("threaded", GET + head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 5") + b"hello" + GET, Setup(threads=4)),  # noqa: E501
-    ("threaded_expect", head(b"POST /e HTTP/1.1", b"Host: h", b"Expect: 100-continue", b"Content-Length: 4") + b"body" + GET, Setup(threads=4)),  # noqa: E501
-    ("small_limits", head(b"GET /" + b"a" * 40 + b" HTTP/1.1", b"Host: h") + GET, Setup(limits=(("max_line", 32),))),
-    ("small_field_limit", GET + head(b"GET / HTTP/1.1", b"Host: h", b"X: " + b"v" * 40), Setup(limits=(("max_field_size", 32),))),  # noqa: E501
-    ("small_fields_count", GET + head(b"GET / HTTP/1.1", b"Host: h", b"A: 1", b"B: 2"), Setup(limits=(("max_fields", 2),))),  # noqa: E501
-    ("body_over_limit", head(b"POST / HTTP/1.1", b"Host: h", b"Content-Length: 10") + b"0123456789", Setup(limits=(("max_body", 5),))),  # noqa: E501
-    ("no_read_body_drained", head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 5") + b"hello" + GET, Setup(read_body=False)),  # noqa: E501
-    ("no_read_body_too_large", head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 50") + b"x" * 50 + GET, Setup(read_body=False, limits=(("max_drain", 8),))),  # noqa: E501
+    (
+        "threaded",
+        GET + head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 5") + b"hello" + GET,
+        Setup(threads=4),
+    ),
+    (
+        "threaded_expect",
+        head(b"POST /e HTTP/1.1", b"Host: h", b"Expect: 100-continue", b"Content-Length: 4") + b"body" + GET,
+        Setup(threads=4),
+    ),
+    (
+        "small_limits",
+        head(b"GET /" + b"a" * 40 + b" HTTP/1.1", b"Host: h") + GET,
+        Setup(limits=(("max_line", 32),)),
+    ),
+    (
+        "small_field_limit",
+        GET + head(b"GET / HTTP/1.1", b"Host: h", b"X: " + b"v" * 40),
+        Setup(limits=(("max_field_size", 32),)),
+    ),
+    (
+        "small_fields_count",
+        GET + head(b"GET / HTTP/1.1", b"Host: h", b"A: 1", b"B: 2"),
+        Setup(limits=(("max_fields", 2),)),
+    ),
+    (
+        "body_over_limit",
+        head(b"POST / HTTP/1.1", b"Host: h", b"Content-Length: 10") + b"0123456789",
+        Setup(limits=(("max_body", 5),)),
+    ),
+    (
+        "no_read_body_drained",
+        head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 5") + b"hello" + GET,
+        Setup(read_body=False),
+    ),
+    (
+        "no_read_body_too_large",
+        head(b"POST /p HTTP/1.1", b"Host: h", b"Content-Length: 50") + b"x" * 50 + GET,
+        Setup(read_body=False, limits=(("max_drain", 8),)),
+    ),
     ("http09", b"GET /\r\n\r\n", TRUSTED),
     ("http2_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", TRUSTED),
     ("version_12", head(b"GET / HTTP/1.2", b"Host: h"), TRUSTED),
@@ -261,7 +397,9 @@ def several(environ: Environ, start_response: StartResponse, log: list[object]) 
     return [b"a", b"", b"bc", _path(environ)]
 
 
-def several_with_length(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def several_with_length(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT, ("Content-Length", "6")])
     return [b"ab", b"cd", b"ef"]
 
@@ -288,7 +426,9 @@ def generator(environ: Environ, start_response: StartResponse, log: list[object]
     yield _path(environ)
 
 
-def generator_with_length(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def generator_with_length(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT, ("Content-Length", "7")])
     yield b"gen"
     yield b"erat"
@@ -340,7 +480,9 @@ def file_wrapper_too_long_length(
     return environ["wsgi.file_wrapper"](_temp_file(b"short"))  # type: ignore[no-any-return]
 
 
-def file_wrapper_bytesio(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def file_wrapper_bytesio(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT])
     return environ["wsgi.file_wrapper"](io.BytesIO(b"not a regular file" * 3), 10)  # type: ignore[no-any-return]
 
@@ -353,7 +495,9 @@ def write_callable(environ: Environ, start_response: StartResponse, log: list[ob
     return [b"returned", b";" + _path(environ)]
 
 
-def write_then_generator(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def write_then_generator(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     write = start_response("200 OK", [CT, ("Content-Length", "9")])
     write(b"abc")
 
@@ -373,7 +517,9 @@ def write_non_bytes(environ: Environ, start_response: StartResponse, log: list[o
     return [b"ok"]
 
 
-def exc_info_before_headers(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def exc_info_before_headers(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT, ("X-First", "1")])
     try:
         raise ValueError("replaced")
@@ -382,7 +528,9 @@ def exc_info_before_headers(environ: Environ, start_response: StartResponse, log
     return [b"error page"]
 
 
-def exc_info_after_headers(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def exc_info_after_headers(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT])
     yield b"partial"
     try:
@@ -392,7 +540,9 @@ def exc_info_after_headers(environ: Environ, start_response: StartResponse, log:
     yield b"never"
 
 
-def exc_info_without_error(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def exc_info_without_error(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT], None)
     return [b"fine"]
 
@@ -410,19 +560,25 @@ def raise_after_start_response(
     raise RuntimeError("after")
 
 
-def generator_raises_first(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def generator_raises_first(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT])
     raise RuntimeError("in the generator, before any chunk")
     yield b"unreachable"  # pragma: no cover
 
 
-def generator_raises_later(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def generator_raises_later(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT])
     yield b"first"
     raise RuntimeError("in the generator, after a chunk")
 
 
-def never_start_response(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def never_start_response(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     return [b"no head"]
 
 
@@ -432,7 +588,9 @@ def never_start_response_empty(
     return []
 
 
-def start_response_twice(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def start_response_twice(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT])
     try:
         start_response("201 Created", [CT])
@@ -452,13 +610,17 @@ def length_longer(environ: Environ, start_response: StartResponse, log: list[obj
     return [b"hi"]
 
 
-def length_shorter_generator(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def length_shorter_generator(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT, ("Content-Length", " 4 ")])
     yield b"abc"
     yield b"def"
 
 
-def length_longer_generator(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def length_longer_generator(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT, ("Content-Length", "10")])
     yield b"abc"
 
@@ -488,7 +650,9 @@ def status_204_length(environ: Environ, start_response: StartResponse, log: list
     return [b""]
 
 
-def status_204_with_body(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def status_204_with_body(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("204 No Content", [])
     return [b"ignored body"]
 
@@ -503,22 +667,30 @@ def status_304_length(environ: Environ, start_response: StartResponse, log: list
     return [b""]
 
 
-def status_304_generator(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def status_304_generator(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("304 Not Modified", [])
     yield b""
 
 
-def app_connection_close(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def app_connection_close(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT, ("Connection", "close")])
     return [b"closing"]
 
 
-def app_connection_keep_alive(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def app_connection_keep_alive(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [CT, ("Connection", " Keep-Alive ")])
     return [b"kept"]
 
 
-def app_date_and_server(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def app_date_and_server(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [("Date", "yesterday"), ("Server", "mine"), ("X-Ünicode", "é")])
     return [b"own date"]
 
@@ -554,7 +726,9 @@ def str_item_generator(environ: Environ, start_response: StartResponse, log: lis
     yield "text"  # type: ignore[misc]
 
 
-def invalid_header_refused(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def invalid_header_refused(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     for bad in ([("X-A", "b\r\nX-Injected: c")], [("X-A\r\n", "b")], [("X-A", "b\nc")], [("X A", "b")]):
         try:
             start_response("200 OK", bad)
@@ -566,7 +740,9 @@ def invalid_header_refused(environ: Environ, start_response: StartResponse, log:
     return [b"after refusals"]
 
 
-def invalid_header_raised(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def invalid_header_raised(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("200 OK", [("X-A", "b\r\nSet-Cookie: x=y")])
     return [b"x"]  # pragma: no cover
 
@@ -586,7 +762,9 @@ def status_99(environ: Environ, start_response: StartResponse, log: list[object]
     return [b"x"]  # pragma: no cover
 
 
-def status_informational(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def status_informational(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     start_response("103 Early Hints", [])
     return [b"x"]  # pragma: no cover
 
@@ -620,7 +798,9 @@ def context_variable(environ: Environ, start_response: StartResponse, log: list[
     return generate()
 
 
-def context_variable_list(environ: Environ, start_response: StartResponse, log: list[object]) -> Iterable[bytes]:
+def context_variable_list(
+    environ: Environ, start_response: StartResponse, log: list[object]
+) -> Iterable[bytes]:
     REQUEST_VAR.set("list " + str(environ["PATH_INFO"]))
     start_response("200 OK", [CT])
     return [REQUEST_VAR.get().encode("latin-1")]
