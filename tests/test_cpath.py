@@ -1048,12 +1048,6 @@ def many_chunks_setting_the_variable(
 EXPECT_HEAD = head(b"POST /e HTTP/1.1", b"Host: h", b"Expect: 100-continue", b"Content-Length: 4")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reference bug: the next request's Exchange copies the context of the loop callback that "
-    "finished the previous response, and that callback was scheduled (call_soon / call_soon_threadsafe "
-    "copy the caller's context) from inside the previous exchange's context",
-)
 @pytest.mark.parametrize(
     ("chunks", "app", "setup"),
     [

@@ -558,8 +558,7 @@ static int set_header(PyObject *env, PyObject *key, const Field *f, int repeated
 }
 
 /* The environ for an accepted head (wsgi.build_environ), new reference. */
-static PyObject *build_environ(PyObject *base, const Head *h, PyObject *empty_input) {
-    (void)empty_input; /* (the template's wsgi.input: no body is read here) */
+static PyObject *build_environ(PyObject *base, const Head *h) {
     PyObject *env = PyDict_Copy(base);
     if (env == NULL) return NULL;
     PyObject *own[3] = {NULL, NULL, NULL};
@@ -896,7 +895,7 @@ typedef struct {
     PyObject *base;        /* the connection's base environ (shared, updated in place) */
     PyObject *write;       /* transport.write */
     PyObject *loop;
-    PyObject *empty_input; /* wsgi.EMPTY_INPUT */
+    PyObject *base_context; /* ctx.base_context: each application call runs in a copy */
     PyObject *on_done;     /* ctx.on_request_done or None */
     PyObject *ctx;         /* the ServerContext: its shutting_down flag */
     StartResponse *sr;     /* reused while nothing else holds it */
@@ -966,7 +965,7 @@ static int fast_traverse(PyObject *op, visitproc visit, void *arg) {
     Py_VISIT(self->base);
     Py_VISIT(self->write);
     Py_VISIT(self->loop);
-    Py_VISIT(self->empty_input);
+    Py_VISIT(self->base_context);
     Py_VISIT(self->on_done);
     Py_VISIT(self->ctx);
     Py_VISIT(self->sr);
@@ -980,7 +979,7 @@ static int fast_clear(PyObject *op) {
     Py_CLEAR(self->base);
     Py_CLEAR(self->write);
     Py_CLEAR(self->loop);
-    Py_CLEAR(self->empty_input);
+    Py_CLEAR(self->base_context);
     Py_CLEAR(self->on_done);
     Py_CLEAR(self->ctx);
     Py_CLEAR(self->sr);
@@ -995,13 +994,13 @@ static void fast_dealloc(PyObject *op) {
 
 static PyTypeObject Fast_Type;
 
-/* Fast(conn, ctx, app, base, write, loop, empty_input, on_done, max_line, max_fields,
+/* Fast(conn, ctx, app, base, write, loop, base_context, on_done, max_line, max_fields,
  * max_field_size), by position: one per connection, so without argument parsing. */
 static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames != NULL || nargs != 11 || !PyDict_Check(args[3])) {
         PyErr_SetString(PyExc_TypeError,
-                        "Fast(conn, ctx, app, base: dict, write, loop, empty_input, on_done, max_line, max_fields, "
+                        "Fast(conn, ctx, app, base: dict, write, loop, base_context, on_done, max_line, max_fields, "
                         "max_field_size)");
         return NULL;
     }
@@ -1018,7 +1017,12 @@ static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t n
     self->base = Py_NewRef(args[3]);
     self->write = Py_NewRef(args[4]);
     self->loop = Py_NewRef(args[5]);
-    self->empty_input = Py_NewRef(args[6]);
+    if (!PyContext_CheckExact(args[6])) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_TypeError, "Fast(): base_context must be a contextvars.Context");
+        return NULL;
+    }
+    self->base_context = Py_NewRef(args[6]);
     self->on_done = args[7] == Py_None ? NULL : Py_NewRef(args[7]);
     self->limits.max_line = lim[0];
     self->limits.max_fields = lim[1];
@@ -1026,29 +1030,6 @@ static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t n
     return (PyObject *)self;
 }
 
-static int fast_init(PyObject *op, PyObject *args, PyObject *kwargs) {
-    Fast *self = (Fast *)op;
-    static char *kwlist[] = {"conn", "ctx", "app", "base", "write", "loop", "empty_input", "on_done",
-                             "max_line", "max_fields", "max_field_size", NULL};
-    PyObject *conn, *ctx, *app, *base, *write, *loop, *empty, *on_done;
-    Py_ssize_t ml, mf, mfs;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO!OOOOnnn:Fast", kwlist, &conn, &ctx, &app, &PyDict_Type,
-                                     &base, &write, &loop, &empty, &on_done, &ml, &mf, &mfs))
-        return -1;
-    fast_clear(op);
-    self->conn = Py_NewRef(conn);
-    self->ctx = Py_NewRef(ctx);
-    self->app = Py_NewRef(app);
-    self->base = Py_NewRef(base);
-    self->write = Py_NewRef(write);
-    self->loop = Py_NewRef(loop);
-    self->empty_input = Py_NewRef(empty);
-    self->on_done = on_done == Py_None ? NULL : Py_NewRef(on_done);
-    self->limits.max_line = ml;
-    self->limits.max_fields = mf;
-    self->limits.max_field_size = mfs;
-    return 0;
-}
 
 static char *fmt_len(char *end, Py_ssize_t v) {
     /* decimal digits of v, written backwards ending at end; returns the start */
@@ -1194,7 +1175,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
     while (off < len) {
         Py_ssize_t n = parse_one(buf + off, len - off, &self->limits, &head);
         if (n == 0) break; /* declined: the reference parser takes it from here */
-        PyObject *env = build_environ(self->base, &head, self->empty_input);
+        PyObject *env = build_environ(self->base, &head);
         if (env == NULL) goto error;
         off += n;
         if (head.forwarded) {
@@ -1235,7 +1216,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
         Py_CLEAR(sr->st);
         Py_CLEAR(sr->hp);
         Py_CLEAR(sr->exchange);
-        PyObject *context = PyContext_CopyCurrent();
+        PyObject *context = PyContext_Copy(self->base_context);
         if (context == NULL) {
             Py_DECREF(env);
             goto error;
@@ -1370,8 +1351,6 @@ static PyTypeObject Fast_Type = {
     .tp_traverse = fast_traverse,
     .tp_clear = fast_clear,
     .tp_methods = fast_methods,
-    .tp_init = fast_init,
-    .tp_new = PyType_GenericNew,
     .tp_vectorcall = fast_vectorcall,
 };
 

@@ -30,7 +30,7 @@ class Fast:
         base: dict[str, Any],
         write: Callable[[bytes], object],
         loop: Any,
-        empty_input: object,
+        base_context: Any,
         on_done: Callable[[], None] | None,
         max_line: int,
         max_fields: int,

@@ -94,7 +94,10 @@ class Exchange:
 
     # ------------------------------------------------------------ PEP 3333 callables
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    # (object, not str/list: what an application passes is validated by build_response,
+    # which raises AppError; typed parameters would make the compiled build raise a
+    # TypeError of its own first.)
+    def start_response(self, status: object, headers: object, exc_info: Any = None) -> Any:
         if exc_info is not None:
             try:
                 if self.head_sent:

@@ -43,6 +43,7 @@ never sees a reset instead of its response (nginx's lingering close).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fcntl
 import os
 import socket
@@ -174,6 +175,11 @@ class ServerContext:
         self.forwarding = forwarding
         self.trusted = forwarding.trusted
         self.proxy_protocol = proxy_protocol
+        #: Each exchange runs in a copy of this (the context the server was set up in),
+        #: not of whatever context is current when it starts: a loop callback scheduled
+        #: from inside the previous exchange (call_soon copies the caller's context)
+        #: would otherwise carry that exchange's context variables into the next one.
+        self.base_context = contextvars.copy_context()
         #: Plain HTTP/1.1 connections run their common requests in C (``_cfast.c``).
         self.c_path = C_PATH_DEFAULT if c_path is None else (c_path and C_PATH_AVAILABLE)
         self.connections: set[HTTPConnection] = set()
@@ -413,7 +419,7 @@ class HTTPConnection:
                 self._environ_base,
                 self.transport.write,
                 ctx.loop,
-                EMPTY_INPUT,
+                ctx.base_context,
                 ctx.on_request_done,
                 limits.max_line,
                 limits.max_fields,
@@ -692,6 +698,7 @@ class HTTPConnection:
                 head_request=head_request,
                 blocking=True,
                 use_sendfile=self._raw_ok,
+                context=ctx.base_context.copy(),
             )
             if gate is None:
                 ctx.run_threaded(exchange)
@@ -722,7 +729,7 @@ class HTTPConnection:
             ctx.clock,
             head_request=head_request,
             use_sendfile=self._raw_ok,
-            context=context,
+            context=context if context is not None else ctx.base_context.copy(),
         )
         self._exchange = exchange
         return exchange
