@@ -68,6 +68,7 @@ unit-source: $(STAMP)
 
 # The C path built with AddressSanitizer (and UBSan) in a copy of the sources; the
 # differential tests and the server tests run against it (servers inherit LD_PRELOAD).
+# (Not the RSS bound of a large upload: ASan's quarantine keeps freed memory resident.)
 ASAN_DIR := build/asan
 PY_INCLUDE = $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 PY_EXT = $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
@@ -81,7 +82,8 @@ asan: $(STAMP)
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_cpath.py tests/test_cparser_fuzz.py \
-		tests/test_server_http.py tests/test_server_wsgi.py tests/test_server_timeouts.py
+		tests/test_server_http.py tests/test_server_wsgi.py tests/test_server_timeouts.py \
+		--deselect tests/test_server_wsgi.py::test_large_upload_to_an_app_that_never_reads_is_not_buffered
 
 docs: $(STAMP)
 	$(BIN)/python -m rapidwsgi.config > docs/settings.md

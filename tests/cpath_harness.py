@@ -249,7 +249,9 @@ class Run:
             "paused_at_end": self.paused_at_end,
             "eof_result": self.eof_result,
             "app_log": self.app_log,
-            "errors": self.errors,
+            # Sorted: with application threads, one request's close() (and what it logs)
+            # may overlap the next request on another thread, in either order.
+            "errors": sorted(self.errors),
             "exceptions": self.exceptions,
         }
 
