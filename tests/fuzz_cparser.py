@@ -30,8 +30,12 @@ from types import ModuleType
 from typing import Any, cast
 
 if __name__ == "__main__" and not __package__:  # run as a script: make the imports work
+    import os
+
     _ROOT = Path(__file__).resolve().parent.parent
-    sys.path[:0] = [str(_ROOT / "src"), str(_ROOT)]
+    sys.path[:0] = [str(_ROOT)]
+    if os.environ.get("RAPIDWSGI_TEST_SOURCE") == "1":  # else: the installed build
+        sys.path[:0] = [os.environ.get("RAPIDWSGI_TEST_SRC") or str(_ROOT / "src")]
 
 from rapidwsgi.errors import RemoteProtocolError
 from rapidwsgi.events import NEED_DATA, Request
