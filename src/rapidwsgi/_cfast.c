@@ -684,7 +684,7 @@ typedef struct {
     PyObject *exchange; /* the Python Exchange once the request was handed over, or NULL */
     PyObject *fast;     /* the Fast object (for write(): promotion) */
     const Head *head;   /* valid while the application runs inside Fast.serve */
-    PyObject *environ, *context; /* borrowed, same lifetime as head */
+    PyObject *environ, *context, *date_server; /* borrowed, same lifetime as head */
 } StartResponse;
 
 static PyTypeObject StartResponse_Type;
@@ -910,7 +910,7 @@ static PyObject *new_sr(Fast *fast) {
     sr->exchange = NULL;
     sr->fast = Py_NewRef(fast);
     sr->head = NULL;
-    sr->environ = sr->context = NULL;
+    sr->environ = sr->context = sr->date_server = NULL;
     PyObject_GC_Track(sr);
     return (PyObject *)sr;
 }
@@ -937,15 +937,18 @@ static PyObject *make_response(StartResponse *sr, PyObject *date_server) {
     return r;
 }
 
-static PyObject *current_date_server; /* set per serve() call (borrowed from its argument) */
 
 /* Hand the running request to the Python exchange (write() or after the app returned):
  * conn._c_exchange(request, environ, context, response) -> Exchange. */
 static PyObject *promote(StartResponse *sr) {
     Fast *fast = (Fast *)sr->fast;
+    if (fast == NULL || fast->conn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "rapidwsgi._cfast: the connection is gone");
+        return NULL;
+    }
     PyObject *req = make_request(sr->head);
     if (req == NULL) return NULL;
-    PyObject *resp = make_response(sr, current_date_server);
+    PyObject *resp = make_response(sr, sr->date_server);
     if (resp == NULL) {
         Py_DECREF(req);
         return NULL;
@@ -1169,8 +1172,11 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t len = PyBytes_GET_SIZE(data), off = 0;
     Head head;
-    Py_INCREF(self); /* the connection may drop us while the application runs */
+    /* Our own references for the whole call: the connection may clear us (fast.clear())
+     * from code the application or a hook runs. */
+    Py_INCREF(self);
     Py_INCREF(data);
+    PyObject *conn = Py_NewRef(self->conn);
     PyObject *ret = NULL;
     while (off < len) {
         Py_ssize_t n = parse_one(buf + off, len - off, &self->limits, &head);
@@ -1180,7 +1186,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
         off += n;
         if (head.forwarded) {
             /* conn._c_forwarded(environ): the forwarding policy (Python, forwarded.py) */
-            PyObject *r = PyObject_CallMethodOneArg(self->conn, s_c_forwarded, env);
+            PyObject *r = PyObject_CallMethodOneArg(conn, s_c_forwarded, env);
             if (r == NULL) {
                 Py_DECREF(env);
                 goto error;
@@ -1194,7 +1200,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 Py_DECREF(env);
                 goto error;
             }
-            PyObject *r = PyObject_CallMethodObjArgs(self->conn, s_c_dispatch, req, env, NULL);
+            PyObject *r = PyObject_CallMethodObjArgs(conn, s_c_dispatch, req, env, NULL);
             Py_DECREF(req);
             Py_DECREF(env);
             if (r == NULL) goto error;
@@ -1213,18 +1219,20 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 goto error;
             }
         }
+        Py_INCREF(sr); /* released at the end of this request, whatever clears self->sr */
         Py_CLEAR(sr->st);
         Py_CLEAR(sr->hp);
         Py_CLEAR(sr->exchange);
         PyObject *context = PyContext_Copy(self->base_context);
         if (context == NULL) {
+            Py_DECREF(sr);
             Py_DECREF(env);
             goto error;
         }
         sr->head = &head;
         sr->environ = env;
         sr->context = context;
-        current_date_server = date_server;
+        sr->date_server = date_server;
         PyObject *result = NULL;
         PyObject *r = PyObject_CallOneArg(set_running_loop, Py_None);
         if (r == NULL) goto app_error;
@@ -1254,7 +1262,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 goto app_error;
             }
             exc = raised;
-        } else if (sr->exchange == NULL && sr->st != NULL &&
+        } else if (sr->exchange == NULL && sr->st != NULL && self->write != NULL &&
                    (PyList_CheckExact(result) || PyTuple_CheckExact(result))) {
             /* A graceful stop may have begun while the application ran (the signal
              * handler sets the flag): then connection.send_head closes, and corks for
@@ -1282,8 +1290,9 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 goto app_error;
             }
             sr->head = NULL;
-            sr->environ = sr->context = NULL;
-            r = call_hook3(self->conn, s_c_adopt, ex, result ? result : Py_None, exc ? exc : Py_None);
+            sr->environ = sr->context = sr->date_server = NULL;
+            Py_DECREF(sr);
+            r = call_hook3(conn, s_c_adopt, ex, result ? result : Py_None, exc ? exc : Py_None);
             Py_DECREF(ex);
             Py_XDECREF(result);
             Py_XDECREF(exc);
@@ -1294,15 +1303,16 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
             break; /* the rest of the bytes wait in the Python parser */
         }
         sr->head = NULL;
-        sr->environ = sr->context = NULL;
+        sr->environ = sr->context = sr->date_server = NULL;
         Py_CLEAR(sr->st);
         Py_CLEAR(sr->hp);
+        Py_DECREF(sr);
         Py_DECREF(result);
         Py_DECREF(context);
         Py_DECREF(env);
         if (outcome == DONE_CLOSE) {
             /* conn._c_closed(): the wire must close after this response. */
-            r = PyObject_CallMethodNoArgs(self->conn, s_c_closed);
+            r = PyObject_CallMethodNoArgs(conn, s_c_closed);
             if (r == NULL) goto error;
             Py_DECREF(r);
             off = len; /* bytes after the last message are ignored (RFC 9112 §9.6) */
@@ -1317,14 +1327,15 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
         continue;
     app_error:
         sr->head = NULL;
-        sr->environ = sr->context = NULL;
+        sr->environ = sr->context = sr->date_server = NULL;
+        Py_DECREF(sr);
         Py_DECREF(context);
         Py_DECREF(env);
         goto error;
     }
     ret = PyLong_FromSsize_t(off);
 error:
-    current_date_server = NULL;
+    Py_DECREF(conn);
     Py_DECREF(data);
     Py_DECREF(self);
     return ret;
