@@ -9,7 +9,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
 .PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
-	docs bench bench-quick bench-selftest bench-instructions clean
+	docs bench bench-quick bench-selftest bench-instructions bench-leak clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench setup.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/parser.py bench/strictness.py
+	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
 		bench/report.py bench/charts.py bench/modes.py bench/instructions.py tests/test_bench.py \
 		tests/test_bench_instructions.py
@@ -106,3 +106,7 @@ bench-instructions: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# RSS over 1M keep-alive requests and 100k new connections through the request path.
+bench-leak: $(STAMP)
+	cd bench && ../$(BIN)/python leak.py
