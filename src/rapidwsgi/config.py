@@ -22,6 +22,7 @@ from typing import Any, Final
 from . import __version__
 from .errors import ConfigError
 from .forwarded import DEFAULT_HEADERS, PROXY_HEADERS, validate_spec
+from .static import validate_mounts
 
 ENV_PREFIX: Final = "RAPIDWSGI_"
 _MISSING: Final[Any] = dataclasses.MISSING
@@ -446,6 +447,49 @@ class Config:
         True,
         help="Send a Date header (cached per second) unless the application sets one.",
         section="HTTP",
+    )
+    static: list[str] = setting(
+        help="Serve the files under DIRECTORY at URL_PREFIX (e.g. /static/=/srv/app/static) from the "
+        "server itself: requests under the prefix never reach the application. Append :SECONDS for "
+        "this mount's max-age, :immutable for fingerprinted files (a year, immutable), or both. "
+        "Repeat for several mounts (the longest matching prefix wins). See docs/static.md.",
+        section="Static files",
+        metavar="URL_PREFIX=DIRECTORY",
+        default_factory=list,
+        validate=validate_mounts,
+    )
+    static_max_age: int = setting(
+        60,
+        help="Cache-Control max-age (seconds) of static files, for mounts without their own.",
+        section="Static files",
+        metavar="SECONDS",
+        validate=_non_negative,
+    )
+    static_index: bool = setting(
+        False,
+        help="Serve index.html for a directory under a static mount (a directory path without its "
+        "trailing slash is redirected to it); without it a directory is a 404. Never a listing.",
+        section="Static files",
+    )
+    static_follow_symlinks: bool = setting(
+        False,
+        help="Follow symlinks that point outside the static mount's directory (inside it they are "
+        "always followed); without it such a file is a 404.",
+        section="Static files",
+    )
+    static_dotfiles: bool = setting(
+        False,
+        help="Serve files and directories whose names start with a dot (e.g. .well-known); without "
+        "it they are a 404.",
+        section="Static files",
+    )
+    static_cache_ttl: float = setting(
+        1.0,
+        help="How long (seconds) what a static path resolved to is trusted before the file is "
+        "stat'ed again: a hot file costs no system call; a changed one is seen within this time.",
+        section="Static files",
+        metavar="SECONDS",
+        validate=_non_negative,
     )
 
     def protocol_for(self, index: int) -> str:

@@ -68,6 +68,7 @@ from .protocols.base import Limits, ServerConnection
 from .protocols.http1 import H1Connection
 from .protocols.proxy import ProxyHeader
 from .protocols.proxy import parse as parse_proxy_header
+from .static import StaticFiles
 from .wsgi import (
     EMPTY_INPUT,
     Environ,
@@ -156,8 +157,14 @@ class ServerContext:
         forwarding: ForwardingPolicy | None = None,
         proxy_protocol: bool = False,
         c_path: bool | None = None,
+        static: StaticFiles | None = None,
     ) -> None:
         self.app = app
+        #: ``--static`` mounts: answered by the server, on the loop thread, never the app.
+        self.static = static
+        #: What the C path calls for every request it serves inline: the application,
+        #: or the static mounts in front of it.
+        self.c_app: WSGIApp = app if static is None else static.route(app)
         self.loop = loop
         self.base_environ = base_environ
         self.environ_template = environ_template(base_environ)
@@ -415,7 +422,7 @@ class HTTPConnection:
             self._fast = _cfast.Fast(
                 self,
                 ctx,
-                ctx.app,
+                ctx.c_app,
                 self._environ_base,
                 self.transport.write,
                 ctx.loop,
@@ -683,7 +690,11 @@ class HTTPConnection:
                 self._c_forwarded(environ)
         self._begin_exchange(environ)
         head_request = request.method == b"HEAD"
-        if not on_thread:
+        static = ctx.static
+        if static is not None and static.claims(environ):
+            # A static file: answered here on the loop thread, whatever --threads says.
+            self._inline_exchange(environ, head_request, None, static).start()
+        elif not on_thread:
             exchange = self._inline_exchange(environ, head_request, None)
             self._run_inline(exchange, exchange.start)
         else:
@@ -719,11 +730,13 @@ class HTTPConnection:
         if ctx.access_log is not None:
             self._started = time.monotonic()
 
-    def _inline_exchange(self, environ: Environ, head_request: bool, context: Any) -> Exchange:
+    def _inline_exchange(
+        self, environ: Environ, head_request: bool, context: Any, app: WSGIApp | None = None
+    ) -> Exchange:
         ctx = self.ctx
         self._budget = PUMP_BUDGET
         exchange = Exchange(
-            ctx.app,
+            ctx.app if app is None else app,
             environ,
             self,
             ctx.clock,

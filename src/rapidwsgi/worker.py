@@ -35,6 +35,7 @@ from .protocols.fastcgi import FastCGIConnection
 from .protocols.http1 import H1Connection
 from .protocols.uwsgi import UwsgiConnection
 from .sockets import describe, reuse_port_twin
+from .static import StaticFiles
 from .tls import worker_context
 from .wsgi import Environ, FileWrapper, WSGIApp
 
@@ -252,6 +253,7 @@ class Worker:
                 config.clear_untrusted_proxy_headers,
             ),
             proxy_protocol=config.proxy_protocol,
+            static=StaticFiles.from_config(config),
             on_request_done=self._request_done if self.supervision is not None else None,
         )
         self._ctx = ctx
