@@ -39,6 +39,7 @@ HOT_MODULES = [
     "src/rapidwsgi/bridge.py",
     "src/rapidwsgi/connection.py",
     "src/rapidwsgi/log.py",
+    "src/rapidwsgi/static.py",
 ]
 
 

@@ -24,6 +24,7 @@ from rapidwsgi.config import Config
 from rapidwsgi.connection import HTTPConnection, ServerContext
 from rapidwsgi.log import Clock
 from rapidwsgi.protocols.http1 import Limits
+from rapidwsgi.static import StaticFiles, parse_mount
 from rapidwsgi.worker import base_environ
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
@@ -73,6 +74,11 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200_000)
     parser.add_argument("--browser", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--static", metavar="DIR", help="mount DIR at /static/ (--static /static/=DIR)")
+    parser.add_argument("--path", default="/", help="the request target (default /)")
+    parser.add_argument(
+        "--header", action="append", default=[], help="an extra request field, e.g. 'If-None-Match: x'"
+    )
     parser.add_argument(
         "--connections",
         action="store_true",
@@ -86,8 +92,13 @@ def main() -> None:
         base_environ=base_environ(Config(), sys.stderr),
         limits=Limits(),
         clock=Clock(),
+        static=StaticFiles([parse_mount(f"/static/={args.static}", 60)]) if args.static else None,
     )
     request = BROWSER if args.browser else REQUEST
+    if args.path != "/":
+        request = request.replace(b"GET / ", b"GET " + args.path.encode() + b" ", 1)
+    for field in args.header:
+        request = request.replace(b"\r\n\r\n", b"\r\n" + field.encode() + b"\r\n\r\n", 1)
     if args.connections:
         closing = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
 

@@ -170,6 +170,8 @@ INSTALLS = {
     "meinheld": Install(("meinheld", "greenlet"), ("meinheld.server",), pip_args=("--no-deps",)),
     # the apps and the charts
     "django": Install(("django",), ("django",)),
+    # static files served inside the application (bench/static.py)
+    "whitenoise": Install(("whitenoise",), ("whitenoise",)),
     "flask": Install(("flask",), ("flask",)),
     "matplotlib": Install(("matplotlib",), ("matplotlib",)),
 }
@@ -187,6 +189,7 @@ VERSION_DISTS = (
     "fastwsgi",
     "django",
     "flask",
+    "whitenoise",
     "matplotlib",
     "setuptools",
 )

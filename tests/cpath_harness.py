@@ -44,6 +44,7 @@ from rapidwsgi.config import Config
 from rapidwsgi.connection import HTTPConnection, ServerContext
 from rapidwsgi.log import Clock, error_log, errors_stream
 from rapidwsgi.protocols.http1 import Limits
+from rapidwsgi.static import StaticFiles, parse_mount
 from rapidwsgi.worker import base_environ
 from rapidwsgi.wsgi import FileWrapper
 
@@ -87,6 +88,8 @@ class Setup:
     shutting_down: bool = False
     #: Whether the application wrapper reads ``wsgi.input`` to the end before the app runs.
     read_body: bool = True
+    #: ``--static /static/=DIR --static-index`` (a fresh StaticFiles per run).
+    static_root: str | None = None
 
     def make_limits(self) -> Limits:
         return Limits(**dict(self.limits))
@@ -237,6 +240,8 @@ class Run:
     exceptions: list[str] = field(default_factory=list)
     #: pause/resume sequence (diagnostics only, not compared).
     reading: list[str] = field(default_factory=list)
+    #: Static answers the C path wrote itself (StaticFiles.quick_served; not compared).
+    static_quick: int = 0
 
     def compared(self) -> dict[str, object]:
         return {
@@ -388,6 +393,14 @@ async def _run(
         executor=executor,
         proxy_protocol=setup.proxy_protocol,
         c_path=c_path,
+        static=None
+        if setup.static_root is None
+        else StaticFiles(
+            [parse_mount(f"/static/={setup.static_root}", 60)],
+            index=True,
+            cache_ttl=3600.0,
+            wall=lambda: FIXED_WALL,
+        ),
     )
     if setup.shutting_down:
         ctx.shutdown()
@@ -449,6 +462,7 @@ async def _run(
     run.out = bytes(transport.out)
     run.calls = list(transport.calls)
     run.reading = transport.reading
+    run.static_quick = ctx.static.quick_served if ctx.static is not None else 0
     return run
 
 

@@ -109,22 +109,28 @@ class Reply:
         return [k for k, _ in self.headers]
 
 
+NO_DATE: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
+
+
 def call(sf: StaticFiles, path: str, method: str = "GET", **headers: str) -> Reply:
-    got: list[Any] = []
-
-    def start_response(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        got[:] = [status, hdrs]
-        return None
-
     hdrs = {k.replace("_", "-"): v for k, v in headers.items()}
-    result = sf(environ_for(path, method, hdrs), start_response)
+    response, result = sf.respond(environ_for(path, method, hdrs), NO_DATE)
     try:
         body = b"".join(result)
     finally:
         close = getattr(result, "close", None)
         if close is not None:
             close()
-    return Reply(got[0], got[1], body)
+    lines = response.headers.decode("latin-1").split("\r\n")
+    assert lines[-1] == ""
+    fields = [tuple(line.split(": ", 1)) for line in lines[:-1]]
+    if response.content_length is not None:
+        fields.append(("Content-Length", str(response.content_length)))
+        if method == "GET" or response.status >= 400:
+            assert len(body) == response.content_length
+    reply = Reply(response.status_line.decode(), fields, body)  # type: ignore[arg-type]
+    assert reply.code == response.status
+    return reply
 
 
 def etag_of(path: Path, suffix: str = "") -> str:
@@ -262,12 +268,23 @@ def test_head_has_the_headers_of_get_and_no_body(tree: Path) -> None:
 
 def test_large_file_is_a_file_wrapper(tree: Path) -> None:
     sf = make(tree)
-    environ = environ_for("/static/data.bin")
-    result = sf(environ, lambda status, headers, exc_info=None: None)
+    _, result = sf.respond(environ_for("/static/data.bin"), NO_DATE)
     assert type(result).__name__ == "FileWrapper"
-    result.close()  # type: ignore[attr-defined]
-    small = sf(environ_for("/static/hello.txt"), lambda status, headers, exc_info=None: None)
+    result.close()  # type: ignore[union-attr]
+    _, small = sf.respond(environ_for("/static/hello.txt"), NO_DATE)
     assert small == [HELLO]
+
+
+def test_date_and_server_lines_are_the_writers(tree: Path) -> None:
+    date_server = (b"Date: x\r\nServer: y\r\n", b"Date: x\r\n", b"Server: y\r\n", b"")
+    for path, headers in [
+        ("/static/hello.txt", {}),
+        ("/static/nope", {}),
+        ("/static/app.css", {"Range": "bytes=0-1"}),
+    ]:
+        response, _ = make(tree).respond(environ_for(path, "GET", headers), date_server)
+        assert response.headers.endswith(b"\r\nDate: x\r\nServer: y\r\n")
+        assert response.headers.count(b"Date:") == 1
 
 
 def test_empty_file(tree: Path) -> None:
@@ -623,17 +640,15 @@ def test_large_file_changed_within_the_ttl_is_resolved_again(tree: Path) -> None
     assert (reply.code, reply.body, reply.header("ETag")) == (200, b"y" * 70000, etag_of(tree / "data.bin"))
 
 
-def test_cache_entries_are_bounded(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(static_mod, "CACHE_ENTRIES", 3)
-    sf = make(tree)
+def test_cache_entries_are_bounded(tree: Path) -> None:
+    sf = make(tree, cache_entries=3)
     for i in range(10):
         call(sf, f"/static/missing{i}")
     assert len(sf._cache) == 3
 
 
-def test_cached_bytes_are_bounded(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(static_mod, "CACHE_BYTES", 230)
-    sf = make(tree)
+def test_cached_bytes_are_bounded(tree: Path) -> None:
+    sf = make(tree, cache_bytes=230)
     assert call(sf, "/static/app.css").body == CSS  # 200 + 12 + 11 bytes: kept
     assert call(sf, "/static/hello.txt").body == HELLO  # would pass the bound: read per request
     entry = sf.lookup("/static/hello.txt")

@@ -22,6 +22,9 @@
  *     handed to the connection's Python machinery with the same Request, environ,
  *     context and Response objects the Python path would have built (the _c_* hooks
  *     of connection.HTTPConnection), so a client cannot tell the two paths apart.
+ *   - A request under a --static mount (PATH_INFO compared with StaticFiles.prefixes
+ *     and .bares, as StaticFiles.claims does) is parsed and built here and answered by
+ *     connection._dispatch (static.py): the application never sees it.
  *
  * Reference counting: every function owns the references it creates and releases them
  * on every exit path; "borrowed" marks the few that are not owned. GC-tracked types
@@ -899,6 +902,9 @@ typedef struct {
     PyObject *on_done;     /* ctx.on_request_done or None */
     PyObject *ctx;         /* the ServerContext: its shutting_down flag */
     StartResponse *sr;     /* reused while nothing else holds it */
+    PyObject *static_prefixes; /* --static: tuples of str (StaticFiles.prefixes, .bares) */
+    PyObject *static_bares;    /* or NULL without mounts */
+    PyObject *static_quick;    /* StaticFiles.quick (or NULL): the cached common answers */
     Limits limits;
 } Fast;
 
@@ -972,6 +978,9 @@ static int fast_traverse(PyObject *op, visitproc visit, void *arg) {
     Py_VISIT(self->on_done);
     Py_VISIT(self->ctx);
     Py_VISIT(self->sr);
+    Py_VISIT(self->static_prefixes);
+    Py_VISIT(self->static_bares);
+    Py_VISIT(self->static_quick);
     return 0;
 }
 
@@ -986,6 +995,9 @@ static int fast_clear(PyObject *op) {
     Py_CLEAR(self->on_done);
     Py_CLEAR(self->ctx);
     Py_CLEAR(self->sr);
+    Py_CLEAR(self->static_prefixes);
+    Py_CLEAR(self->static_bares);
+    Py_CLEAR(self->static_quick);
     return 0;
 }
 
@@ -998,14 +1010,27 @@ static void fast_dealloc(PyObject *op) {
 static PyTypeObject Fast_Type;
 
 /* Fast(conn, ctx, app, base, write, loop, base_context, on_done, max_line, max_fields,
- * max_field_size), by position: one per connection, so without argument parsing. */
+ * max_field_size, static_prefixes, static_bares, static_quick), by position: one per
+ * connection, so without argument parsing. */
 static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL || nargs != 11 || !PyDict_Check(args[3])) {
+    if (kwnames != NULL || nargs != 14 || !PyDict_Check(args[3]) ||
+        !(args[11] == Py_None || PyTuple_CheckExact(args[11])) ||
+        !(args[12] == Py_None || PyTuple_CheckExact(args[12]))) {
         PyErr_SetString(PyExc_TypeError,
                         "Fast(conn, ctx, app, base: dict, write, loop, base_context, on_done, max_line, max_fields, "
-                        "max_field_size)");
+                        "max_field_size, static_prefixes: tuple | None, static_bares: tuple | None, "
+                        "static_quick)");
         return NULL;
+    }
+    for (int t = 11; t <= 12; t++) {
+        if (args[t] == Py_None) continue;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[t]); i++) {
+            if (!PyUnicode_Check(PyTuple_GET_ITEM(args[t], i))) {
+                PyErr_SetString(PyExc_TypeError, "Fast(): static prefixes must be str");
+                return NULL;
+            }
+        }
     }
     Py_ssize_t lim[3];
     for (int i = 0; i < 3; i++) {
@@ -1027,6 +1052,9 @@ static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t n
     }
     self->base_context = Py_NewRef(args[6]);
     self->on_done = args[7] == Py_None ? NULL : Py_NewRef(args[7]);
+    self->static_prefixes = args[11] == Py_None ? NULL : Py_NewRef(args[11]);
+    self->static_bares = args[12] == Py_None ? NULL : Py_NewRef(args[12]);
+    self->static_quick = args[13] == Py_None ? NULL : Py_NewRef(args[13]);
     self->limits.max_line = lim[0];
     self->limits.max_fields = lim[1];
     self->limits.max_field_size = lim[2];
@@ -1048,7 +1076,7 @@ enum { DONE_KEEP, DONE_CLOSE, HANDED };
 /* Serialise and write the response of a list/tuple result, as connection.send_head
  * with protocols/base.py framing would. Returns DONE_KEEP / DONE_CLOSE, HANDED when the
  * Python exchange must decide (length mismatch, non-bytes items), -1 on error. */
-static int respond(Fast *fast, const Head *h, StartResponse *sr, PyObject *result, PyObject *date_server) {
+static int respond(Fast *fast, const Head *h, PyObject *st, PyObject *hp, PyObject *result, PyObject *date_server) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(result);
     PyObject **items = PySequence_Fast_ITEMS(result);
     Py_ssize_t body_len = 0;
@@ -1056,12 +1084,12 @@ static int respond(Fast *fast, const Head *h, StartResponse *sr, PyObject *resul
         if (!PyBytes_CheckExact(items[i])) return HANDED;
         body_len += PyBytes_GET_SIZE(items[i]);
     }
-    long status = PyLong_AsLong(PyTuple_GET_ITEM(sr->st, 0));
-    PyObject *status_line = PyTuple_GET_ITEM(sr->st, 1);
-    PyObject *block = PyTuple_GET_ITEM(sr->hp, 0);
-    PyObject *cl_obj = PyTuple_GET_ITEM(sr->hp, 1);
-    int app_close = PyObject_IsTrue(PyTuple_GET_ITEM(sr->hp, 2));
-    Py_ssize_t add = PyLong_AsSsize_t(PyTuple_GET_ITEM(sr->hp, 3));
+    long status = PyLong_AsLong(PyTuple_GET_ITEM(st, 0));
+    PyObject *status_line = PyTuple_GET_ITEM(st, 1);
+    PyObject *block = PyTuple_GET_ITEM(hp, 0);
+    PyObject *cl_obj = PyTuple_GET_ITEM(hp, 1);
+    int app_close = PyObject_IsTrue(PyTuple_GET_ITEM(hp, 2));
+    Py_ssize_t add = PyLong_AsSsize_t(PyTuple_GET_ITEM(hp, 3));
     if (status == -1 || app_close < 0 || add < 0 || !PyTuple_CheckExact(date_server) ||
         add >= PyTuple_GET_SIZE(date_server)) {
         if (PyErr_Occurred()) return -1;
@@ -1150,6 +1178,26 @@ static int respond(Fast *fast, const Head *h, StartResponse *sr, PyObject *resul
     return keep ? DONE_KEEP : DONE_CLOSE;
 }
 
+/* StaticFiles.claims in C: PATH_INFO starts with a mount's prefix or is a mount's bare
+ * path. 1 claimed, 0 not, -1 error. */
+static int static_claims(Fast *self, PyObject *env) {
+    PyObject *path = PyDict_GetItemWithError(env, s_PATH_INFO); /* borrowed */
+    if (path == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (!PyUnicode_Check(path)) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->static_prefixes); i++) {
+        Py_ssize_t m = PyUnicode_Tailmatch(path, PyTuple_GET_ITEM(self->static_prefixes, i), 0, PY_SSIZE_T_MAX, -1);
+        if (m != 0) return m < 0 ? -1 : 1;
+    }
+    if (self->static_bares != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->static_bares); i++) {
+            int eq = PyUnicode_Compare(path, PyTuple_GET_ITEM(self->static_bares, i));
+            if (eq == 0) return 1;
+            if (eq == -1 && PyErr_Occurred()) return -1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *call_hook3(PyObject *conn, PyObject *name, PyObject *a, PyObject *b, PyObject *c) {
     return PyObject_CallMethodObjArgs(conn, name, a, b, c, NULL);
 }
@@ -1193,8 +1241,73 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
             }
             Py_DECREF(r);
         }
-        if (!inline_ok) {
-            /* Threaded (or a helper holds the gate): parsed and built here, run there. */
+        int claimed = 0;
+        if (self->static_prefixes != NULL) {
+            claimed = static_claims(self, env);
+            if (claimed < 0) {
+                Py_DECREF(env);
+                goto error;
+            }
+        }
+        if (claimed && inline_ok && self->static_quick != NULL) {
+            /* StaticFiles.quick(environ): a cached small file's 200 or 304 as
+             * ((code, status_line), (block, length, close, add), [body]) in the shapes
+             * start_response's caches hold, written like an application's response; or
+             * None: StaticFiles.respond decides, through the Python machinery. */
+            int outcome = HANDED;
+            PyObject *q = PyObject_CallOneArg(self->static_quick, env);
+            if (q == NULL) {
+                Py_DECREF(env);
+                goto error;
+            }
+            if (q != Py_None) {
+                PyObject *st = NULL, *hp = NULL, *body = NULL;
+                if (PyTuple_CheckExact(q) && PyTuple_GET_SIZE(q) == 3) {
+                    st = PyTuple_GET_ITEM(q, 0);
+                    hp = PyTuple_GET_ITEM(q, 1);
+                    body = PyTuple_GET_ITEM(q, 2);
+                }
+                if (st == NULL || !PyTuple_CheckExact(st) || PyTuple_GET_SIZE(st) != 2 ||
+                    !PyBytes_CheckExact(PyTuple_GET_ITEM(st, 1)) || !PyTuple_CheckExact(hp) ||
+                    PyTuple_GET_SIZE(hp) != 4 || !PyBytes_CheckExact(PyTuple_GET_ITEM(hp, 0)) ||
+                    !PyList_CheckExact(body)) {
+                    PyErr_SetString(PyExc_SystemError, "rapidwsgi._cfast: bad StaticFiles.quick() answer");
+                    outcome = -1;
+                } else {
+                    /* as for an application's response: a graceful stop that has begun
+                     * closes (the Python path does that) */
+                    PyObject *stopping = PyObject_GetAttr(self->ctx, s_shutting_down);
+                    int stop = stopping == NULL ? -1 : PyObject_IsTrue(stopping);
+                    Py_XDECREF(stopping);
+                    outcome = stop < 0 ? -1 : stop ? HANDED : respond(self, &head, st, hp, body, date_server);
+                }
+            }
+            Py_DECREF(q);
+            if (outcome < 0) {
+                Py_DECREF(env);
+                goto error;
+            }
+            if (outcome != HANDED) {
+                Py_DECREF(env);
+                if (outcome == DONE_CLOSE) {
+                    PyObject *r = PyObject_CallMethodNoArgs(conn, s_c_closed);
+                    if (r == NULL) goto error;
+                    Py_DECREF(r);
+                    off = len; /* bytes after the last message are ignored (RFC 9112 §9.6) */
+                    break;
+                }
+                if (self->on_done != NULL) {
+                    PyObject *r = PyObject_CallNoArgs(self->on_done);
+                    if (r == NULL) goto error;
+                    Py_DECREF(r);
+                }
+                if (self->conn == NULL) break;
+                continue;
+            }
+        }
+        if (!inline_ok || claimed) {
+            /* Threaded (or a helper holds the gate): parsed and built here, run there.
+             * Under a --static mount: answered by connection._dispatch (static.py). */
             PyObject *req = make_request(&head);
             if (req == NULL) {
                 Py_DECREF(env);
@@ -1274,7 +1387,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 Py_DECREF(result);
                 goto app_error;
             }
-            if (!stop) outcome = respond(self, &head, sr, result, date_server);
+            if (!stop) outcome = respond(self, &head, sr->st, sr->hp, result, date_server);
             if (outcome < 0) {
                 Py_DECREF(result);
                 goto app_error;

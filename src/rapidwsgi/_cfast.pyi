@@ -35,6 +35,9 @@ class Fast:
         max_line: int,
         max_fields: int,
         max_field_size: int,
+        static_prefixes: tuple[str, ...] | None,
+        static_bares: tuple[str, ...] | None,
+        static_quick: Callable[[dict[str, Any]], object] | None,
     ) -> None: ...
     def serve(self, data: bytes, date_server: tuple[bytes, bytes, bytes, bytes], inline: bool, /) -> int: ...
     def clear(self) -> None: ...

@@ -162,9 +162,6 @@ class ServerContext:
         self.app = app
         #: ``--static`` mounts: answered by the server, on the loop thread, never the app.
         self.static = static
-        #: What the C path calls for every request it serves inline: the application,
-        #: or the static mounts in front of it.
-        self.c_app: WSGIApp = app if static is None else static.route(app)
         self.loop = loop
         self.base_environ = base_environ
         self.environ_template = environ_template(base_environ)
@@ -422,7 +419,7 @@ class HTTPConnection:
             self._fast = _cfast.Fast(
                 self,
                 ctx,
-                ctx.c_app,
+                ctx.app,
                 self._environ_base,
                 self.transport.write,
                 ctx.loop,
@@ -431,6 +428,9 @@ class HTTPConnection:
                 limits.max_line,
                 limits.max_fields,
                 limits.max_field_size,
+                None if ctx.static is None else ctx.static.prefixes,
+                None if ctx.static is None else ctx.static.bares,
+                None if ctx.static is None else ctx.static.quick,
             )
 
     def data_received(self, data: bytes) -> None:
@@ -692,8 +692,13 @@ class HTTPConnection:
         head_request = request.method == b"HEAD"
         static = ctx.static
         if static is not None and static.claims(environ):
-            # A static file: answered here on the loop thread, whatever --threads says.
-            self._inline_exchange(environ, head_request, None, static).start()
+            # Under a --static mount: answered here on the loop thread, whatever
+            # --threads says, through the same exchange and writer as an app's response.
+            response, body = static.respond(environ, ctx.clock.date_server)
+            exchange = self._inline_exchange(environ, head_request, None)
+            exchange.response = response
+            exchange.adopt(body, None)
+            exchange.resume()
         elif not on_thread:
             exchange = self._inline_exchange(environ, head_request, None)
             self._run_inline(exchange, exchange.start)
@@ -730,13 +735,11 @@ class HTTPConnection:
         if ctx.access_log is not None:
             self._started = time.monotonic()
 
-    def _inline_exchange(
-        self, environ: Environ, head_request: bool, context: Any, app: WSGIApp | None = None
-    ) -> Exchange:
+    def _inline_exchange(self, environ: Environ, head_request: bool, context: Any) -> Exchange:
         ctx = self.ctx
         self._budget = PUMP_BUDGET
         exchange = Exchange(
-            ctx.app if app is None else app,
+            ctx.app,
             environ,
             self,
             ctx.clock,

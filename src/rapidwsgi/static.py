@@ -45,11 +45,12 @@ import mimetypes
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final, cast
 
 from .errors import ConfigError
+from .events import Response
 from .wsgi import Environ, FileWrapper
 
 #: Files up to this size are kept in memory (and sent with the head in one write).
@@ -67,6 +68,27 @@ MAX_RANGES: Final = 64
 IMMUTABLE_MAX_AGE: Final = 31536000
 
 ALLOW: Final = "GET, HEAD, OPTIONS"
+_ALLOW_LINE: Final = b"Allow: GET, HEAD, OPTIONS\r\n"
+#: Request fields that make a response other than the plain 200.
+_CONDITIONAL: Final = frozenset(
+    (
+        "HTTP_IF_MATCH",
+        "HTTP_IF_NONE_MATCH",
+        "HTTP_IF_MODIFIED_SINCE",
+        "HTTP_IF_UNMODIFIED_SINCE",
+        "HTTP_RANGE",
+    )
+)
+#: RFC 9110 §15's reason phrases (Python 3.11's HTTPStatus still says "Requested
+#: Range Not Satisfiable", RFC 7233's name).
+_STATUS_LINES: Final = {
+    301: b"301 Moved Permanently",
+    404: b"404 Not Found",
+    405: b"405 Method Not Allowed",
+    412: b"412 Precondition Failed",
+    416: b"416 Range Not Satisfiable",
+    503: b"503 Service Unavailable",
+}
 
 # The types of the web's file formats; the standard library's table (not the system's
 # /etc/mime.types, so every machine answers alike) with what it lacks or has dated.
@@ -182,7 +204,19 @@ def validate_mounts(specs: list[str]) -> str | None:
 class Rep:
     """One representation of a file: the file itself or a precompressed variant."""
 
-    __slots__ = ("body", "encoding", "etag", "ino", "last_modified", "mtime", "mtime_ns", "path", "size")
+    __slots__ = (
+        "body",
+        "encoding",
+        "entity",
+        "etag",
+        "ino",
+        "last_modified",
+        "mtime",
+        "mtime_ns",
+        "path",
+        "size",
+        "validators",
+    )
 
     def __init__(self, path: bytes, st: os.stat_result, encoding: str | None, now: float) -> None:
         self.path = path
@@ -196,6 +230,10 @@ class Rep:
         self.etag = f'"{self.size:x}-{self.mtime_ns:x}{suffix}"'
         self.last_modified = email.utils.formatdate(self.mtime, usegmt=True)
         self.body: bytes | None = None
+        #: Serialised header lines (set by File): a 304's, and a 200's / 206's before
+        #: Content-Range (framing, Date and Server are added by the writer).
+        self.validators = b""
+        self.entity = b""
 
     def same_file(self, st: os.stat_result) -> bool:
         return (
@@ -206,7 +244,18 @@ class Rep:
 class File:
     """A path that resolved to a regular file (with its variants)."""
 
-    __slots__ = ("cache_control", "checked", "identity", "type", "variants", "vary")
+    __slots__ = (
+        "cache_control",
+        "checked",
+        "identity",
+        "plain",
+        "quick",
+        "quick304",
+        "quick_body",
+        "type",
+        "variants",
+        "vary",
+    )
 
     def __init__(
         self, identity: Rep, variants: list[Rep], ctype: str, cache_control: str, checked: float
@@ -217,6 +266,24 @@ class File:
         self.cache_control = cache_control
         self.vary = bool(variants)
         self.checked = checked
+        vary = "Vary: Accept-Encoding\r\n" if self.vary else ""
+        for rep in (identity, *variants):
+            validators = f"ETag: {rep.etag}\r\nLast-Modified: {rep.last_modified}\r\n"
+            validators += f"Cache-Control: {cache_control}\r\n"
+            coding = "" if rep.encoding is None else f"Content-Encoding: {rep.encoding}\r\n"
+            rep.validators = (validators + vary).encode("latin-1")
+            entity = f"{validators}{vary}Content-Type: {ctype}\r\n{coding}Accept-Ranges: bytes\r\n"
+            rep.entity = entity.encode("latin-1")
+        #: The whole 200's head for the common request (no variants to choose from, no
+        #: conditions, a cached body), or None.
+        self.plain: bytes | None = identity.entity if not variants and identity.body is not None else None
+        #: The same for StaticFiles.quick (the C path).
+        self.quick: tuple[bytes, int | None, bool, int] | None = None
+        self.quick304: tuple[bytes, int | None, bool, int] = (identity.validators, None, False, 0)
+        self.quick_body: list[bytes] = []
+        if self.plain is not None and identity.body is not None:
+            self.quick = (self.plain, identity.size, False, 0)
+            self.quick_body = [identity.body]
 
 
 class Redirect:
@@ -382,13 +449,27 @@ class _Slice:
         self._fp.close()
 
 
-StartResponse = Callable[..., Any]
+Body = list[bytes] | FileWrapper
+#: (code, status line), (header block, Content-Length, close, Date/Server index), body.
+QuickReply = tuple[tuple[int, bytes], tuple[bytes, int | None, bool, int], list[bytes]]
+_ST200: Final = (200, b"200 OK")
+_ST304: Final = (304, b"304 Not Modified")
+_EMPTY_BODY: Final[list[bytes]] = []
+Reply = tuple[Response, Body]
+DateServer = tuple[bytes, bytes, bytes, bytes]
 
 
 class StaticFiles:
-    """The WSGI callable the server runs for requests under a mount (see the module
+    """The responder the server runs for requests under a mount (see the module
     docstring for the rules). One per worker process; used from the loop thread only,
-    so its cache needs no lock."""
+    so its cache needs no lock.
+
+    :meth:`respond` gives the response head (a :class:`~rapidwsgi.events.Response`, as
+    the shared response writer would have built it from ``start_response``) and the
+    body (a list of bytes, or a ``FileWrapper`` the exchange sends with sendfile):
+    server-made headers need no validation, and keeping them out of the application's
+    header cache keeps a site with many files from evicting the application's entries.
+    """
 
     def __init__(
         self,
@@ -400,6 +481,8 @@ class StaticFiles:
         cache_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        cache_entries: int = CACHE_ENTRIES,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         # Longest prefix first, so /static/admin/ wins over /static/.
         self.mounts = sorted(mounts, key=lambda m: len(m.prefix), reverse=True)
@@ -409,10 +492,15 @@ class StaticFiles:
         self.cache_ttl = cache_ttl
         self._clock = clock
         self._wall = wall
-        self._cache: dict[tuple[int, str], Entry] = {}
+        self._cache: dict[str, Entry] = {}
         self._cached_bytes = 0
-        self._prefixes = tuple(m.prefix for m in self.mounts)
-        self._bares = frozenset(m.bare for m in self.mounts)
+        self._max_entries = cache_entries
+        self._max_bytes = cache_bytes
+        #: Answers :meth:`quick` gave (the C path wrote them without the Python writer).
+        self.quick_served = 0
+        #: What ``claims`` compares PATH_INFO with (the C path does the same: _cfast.c).
+        self.prefixes = tuple(m.prefix for m in self.mounts)
+        self.bares = tuple(m.bare for m in self.mounts)
 
     @classmethod
     def from_config(cls, config: Any) -> StaticFiles | None:
@@ -428,104 +516,124 @@ class StaticFiles:
             cache_ttl=config.static_cache_ttl,
         )
 
-    # ------------------------------------------------------------ routing
-
     def claims(self, environ: Environ) -> bool:
         """Whether the request is under a mount (then the application never sees it)."""
         path: str = environ["PATH_INFO"]
-        return path.startswith(self._prefixes) or path in self._bares
-
-    def route(self, app: Callable[..., Any]) -> Callable[[Environ, StartResponse], Any]:
-        """A WSGI callable that answers mounted paths itself and passes the rest to
-        ``app`` (for the C request path, which calls one callable for every request)."""
-        claims = self.claims
-
-        def routed(environ: Environ, start_response: StartResponse) -> Any:
-            if claims(environ):
-                return self(environ, start_response)
-            return app(environ, start_response)
-
-        return routed
+        return path.startswith(self.prefixes) or path in self.bares
 
     # ------------------------------------------------------------ responding
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def quick(self, environ: Environ) -> QuickReply | None:
+        """The C request path's shortcut (``_cfast.c``): for a fresh cached small file
+        without variants, a plain GET/HEAD's 200 or an exact If-None-Match's 304, in
+        the shapes ``wsgi.header_parts`` gives the C writer; None for everything else
+        (then :meth:`respond` decides). tests/test_static_cpath.py holds the two to
+        identical bytes."""
+        method: str = environ["REQUEST_METHOD"]
+        if method != "GET" and method != "HEAD":  # noqa: PLR1714 - faster than a tuple here
+            return None
+        entry = self._cache.get(environ["PATH_INFO"])
+        if type(entry) is not File:
+            return None
+        parts = entry.quick
+        if parts is None or self._clock() - entry.checked >= self.cache_ttl or "%" in environ["RAW_URI"]:
+            return None
+        if _CONDITIONAL.isdisjoint(environ):
+            self.quick_served += 1
+            return _ST200, parts, entry.quick_body
+        # §13.2.2: without If-Match / If-Unmodified-Since, a matching If-None-Match is a
+        # 304 whatever Range or If-Modified-Since say; only the exact tag is taken here.
+        if (
+            environ.get("HTTP_IF_NONE_MATCH") == entry.identity.etag
+            and "HTTP_IF_MATCH" not in environ
+            and "HTTP_IF_UNMODIFIED_SINCE" not in environ
+        ):
+            self.quick_served += 1
+            return _ST304, entry.quick304, _EMPTY_BODY
+        return None
+
+    def respond(self, environ: Environ, date_server: DateServer) -> Reply:
+        """The response to a claimed request (``date_server`` as in wsgi.build_response)."""
         method: str = environ["REQUEST_METHOD"]
         if method not in ("GET", "HEAD"):
             if method == "OPTIONS":
-                start_response("204 No Content", [("Allow", ALLOW)])
-                return []
-            return _plain(start_response, "405 Method Not Allowed", [("Allow", ALLOW)])
+                return Response(204, b"204 No Content", _ALLOW_LINE + date_server[0], 0), []
+            return _plain(405, date_server, _ALLOW_LINE)
         path: str = environ["PATH_INFO"]
         raw_uri: str = environ.get("RAW_URI", "")
         entry = self.lookup(path, raw_uri)
         if type(entry) is File:
-            result = self._serve(entry, environ, start_response, method == "GET")
-            if result is None:
+            plain = entry.plain
+            if plain is not None and _CONDITIONAL.isdisjoint(environ):
+                # The common request: a cached small file, nothing to negotiate.
+                identity = entry.identity
+                body = identity.body if method == "GET" else b""
+                return Response(200, b"200 OK", plain + date_server[0], identity.size), [body or b""]
+            reply = self._serve(entry, environ, date_server, method == "GET")
+            if reply is None:
                 # The file changed since it was cached: resolve it again, once.
                 self.forget(path)
                 entry = self.lookup(path, raw_uri)
                 if type(entry) is File:
-                    result = self._serve(entry, environ, start_response, method == "GET")
-            if result is not None:
-                return result
+                    reply = self._serve(entry, environ, date_server, method == "GET")
+            if reply is not None:
+                return reply
             if type(entry) is File:
                 # Still changing under us: let the client retry.
-                return _plain(start_response, "503 Service Unavailable", [("Retry-After", "1")])
+                return _plain(503, date_server, b"Retry-After: 1\r\n")
         if type(entry) is Redirect:
-            raw: str = environ.get("RAW_URI", path)
-            raw_path, q, query = raw.partition("?")
+            raw_path, q, query = (raw_uri or path).partition("?")
             location = raw_path + "/" + (q + query if query else "")
-            return _plain(start_response, "301 Moved Permanently", [("Location", location)])
-        return _plain(start_response, "404 Not Found", [])
+            return _plain(301, date_server, b"Location: " + _header_safe(location) + b"\r\n")
+        return _plain(404, date_server)
 
     def lookup(self, path: str, raw_uri: str = "") -> Entry:
         """What ``path`` (a PATH_INFO) resolves to, from the cache while it is fresh."""
-        mount_index = self._mount_of(path)
-        if mount_index < 0:
-            return Missing(0.0)
         if "%" in raw_uri:
             # An encoded slash would make two paths of one (RFC 3986 §2.2): refused.
             raw_path = raw_uri.partition("?")[0].lower()
             if "%2f" in raw_path or "%5c" in raw_path:
                 return Missing(0.0)
-        key = (mount_index, path)
         now = self._clock()
-        entry = self._cache.get(key)
+        entry = self._cache.get(path)
         if entry is not None and now - entry.checked < self.cache_ttl:
             return entry
-        fresh = self._resolve(self.mounts[mount_index], path, now, entry)
-        self._store(key, fresh, entry)
+        mount = self._mount_of(path)
+        if mount is None:
+            return Missing(now)
+        fresh = self._resolve(mount, path, now, entry)
+        self._store(path, fresh, entry)
         return fresh
 
     def forget(self, path: str) -> None:
         """Drop what is cached for ``path`` (it is resolved again on next use)."""
-        key = (self._mount_of(path), path)
-        entry = self._cache.pop(key, None)
+        entry = self._cache.pop(path, None)
         if type(entry) is File:
             self._cached_bytes -= _body_size(entry)
 
-    def _mount_of(self, path: str) -> int:
-        for i, mount in enumerate(self.mounts):
+    def _mount_of(self, path: str) -> Mount | None:
+        for mount in self.mounts:
             if path.startswith(mount.prefix) or path == mount.bare:
-                return i
-        return -1
+                return mount
+        return None
 
-    def _store(self, key: tuple[int, str], fresh: Entry, old: Entry | None) -> None:
+    def _store(self, key: str, fresh: Entry, old: Entry | None) -> None:
         cache = self._cache
         if old is not None:
             del cache[key]
             if type(old) is File:
                 self._cached_bytes -= _body_size(old)
-        while len(cache) >= CACHE_ENTRIES:
+        while len(cache) >= self._max_entries:
             evicted = cache.pop(next(iter(cache)))
             if type(evicted) is File:
                 self._cached_bytes -= _body_size(evicted)
         if type(fresh) is File:
             size = _body_size(fresh)
-            if self._cached_bytes + size > CACHE_BYTES:
+            if self._cached_bytes + size > self._max_bytes:
                 for rep in (fresh.identity, *fresh.variants):
                     rep.body = None
+                fresh.plain = fresh.quick = None
+                fresh.quick_body = []
             else:
                 self._cached_bytes += size
         cache[key] = fresh
@@ -603,73 +711,55 @@ class StaticFiles:
 
     # ------------------------------------------------------------ one response
 
-    def _serve(
-        self, entry: File, environ: Environ, start_response: StartResponse, get: bool
-    ) -> Iterable[bytes] | None:
+    def _serve(self, entry: File, environ: Environ, date_server: DateServer, get: bool) -> Reply | None:
         """The response for a file; None if it changed since it was cached."""
-        identity = entry.identity
         get_header = environ.get
         range_value: str | None = get_header("HTTP_RANGE") if get else None
-        rep = identity
+        rep = entry.identity
         if entry.vary and range_value is None:
             rep = self._negotiate(entry, get_header("HTTP_ACCEPT_ENCODING"))
-        headers: list[tuple[str, str]] = [("ETag", rep.etag), ("Last-Modified", rep.last_modified)]
-        headers.append(("Cache-Control", entry.cache_control))
-        if entry.vary:
-            headers.append(("Vary", "Accept-Encoding"))
         # RFC 9110 §13.2.2, steps 1-4.
         if_match = get_header("HTTP_IF_MATCH")
         if if_match is not None:
             if not _strong_match(rep.etag, parse_etags(if_match)):
-                return _plain(start_response, "412 Precondition Failed", [])
+                return _plain(412, date_server)
         else:
             ius = get_header("HTTP_IF_UNMODIFIED_SINCE")
             if ius is not None:
                 date = parse_date(ius)
                 if date is not None and rep.mtime > date:
-                    return _plain(start_response, "412 Precondition Failed", [])
+                    return _plain(412, date_server)
         inm = get_header("HTTP_IF_NONE_MATCH")
         if inm is not None:
             if _weak_match(rep.etag, parse_etags(inm)):
-                start_response("304 Not Modified", headers)
-                return []
+                return Response(304, b"304 Not Modified", rep.validators + date_server[0]), []
         else:
             ims = get_header("HTTP_IF_MODIFIED_SINCE")
             if ims is not None:
                 date = parse_date(ims)
                 if date is not None and rep.mtime <= date:
-                    start_response("304 Not Modified", headers)
-                    return []
-        headers.append(("Content-Type", entry.type))
-        if rep.encoding is not None:
-            headers.append(("Content-Encoding", rep.encoding))
-        headers.append(("Accept-Ranges", "bytes"))
+                    return Response(304, b"304 Not Modified", rep.validators + date_server[0]), []
         size = rep.size
         if range_value is not None and self._if_range(rep, get_header("HTTP_IF_RANGE")):
             ranges = parse_range(range_value, size)
             if ranges is not None and len(ranges) == 1:
                 first, last = ranges[0]
                 length = last - first + 1
-                headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
-                headers.append(("Content-Length", str(length)))
-                if rep.body is not None:
-                    start_response("206 Partial Content", headers)
-                    return [rep.body[first : last + 1]]
-                return self._send_file(rep, first, length, "206 Partial Content", headers, start_response)
-            if ranges is not None and not ranges:
-                return _plain(
-                    start_response,
-                    "416 Range Not Satisfiable",
-                    [("Content-Range", f"bytes */{size}")],
+                content_range = f"Content-Range: bytes {first}-{last}/{size}\r\n".encode()
+                response = Response(
+                    206, b"206 Partial Content", rep.entity + content_range + date_server[0], length
                 )
-        headers.append(("Content-Length", str(size)))
+                if rep.body is not None:
+                    return response, [rep.body[first : last + 1]]
+                return self._open(rep, first, length, response)
+            if ranges is not None and not ranges:
+                return _plain(416, date_server, f"Content-Range: bytes */{size}\r\n".encode())
+        response = Response(200, b"200 OK", rep.entity + date_server[0], size)
         if not get:
-            start_response("200 OK", headers)
-            return []
+            return response, []
         if rep.body is not None:
-            start_response("200 OK", headers)
-            return [rep.body]
-        return self._send_file(rep, 0, size, "200 OK", headers, start_response)
+            return response, [rep.body]
+        return self._open(rep, 0, size, response)
 
     @staticmethod
     def _if_range(rep: Rep, value: str | None) -> bool:
@@ -677,7 +767,7 @@ class StaticFiles:
         if value is None:
             return True
         value = value.strip()
-        if value.startswith('"') or value.startswith("W/"):
+        if value.startswith(('"', "W/")):
             return value == rep.etag  # strong comparison: a weak tag never matches
         date = parse_date(value)
         return date is not None and date == rep.mtime
@@ -696,24 +786,16 @@ class StaticFiles:
                 best, best_q = rep, q
         return best
 
-    def _send_file(
-        self,
-        rep: Rep,
-        offset: int,
-        length: int,
-        status: str,
-        headers: list[tuple[str, str]],
-        start_response: StartResponse,
-    ) -> Iterable[bytes] | None:
+    def _open(self, rep: Rep, offset: int, length: int, response: Response) -> Reply | None:
+        """The file's bytes from ``offset`` as a FileWrapper; None if it changed."""
         try:
             # O_NONBLOCK: a path swapped for a FIFO since the stat must not block the loop.
             fd = os.open(rep.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            return _plain(start_response, "404 Not Found", [])
+            return None
         fp = os.fdopen(fd, "rb")
         try:
-            st = os.fstat(fd)
-            if not rep.same_file(st):
+            if not rep.same_file(os.fstat(fd)):
                 # Changed since the cached stat: the headers would describe other bytes.
                 fp.close()
                 return None
@@ -721,10 +803,9 @@ class StaticFiles:
                 fp.seek(offset)
         except OSError:
             fp.close()
-            return _plain(start_response, "404 Not Found", [])
-        start_response(status, headers)
+            return None
         body = cast("IO[bytes]", _Slice(fp, length)) if length != rep.size else fp
-        return FileWrapper(body, READ_BLOCK)
+        return response, FileWrapper(body, READ_BLOCK)
 
 
 def _body_size(entry: File) -> int:
@@ -750,9 +831,17 @@ def _read_small(rep: Rep) -> bytes | None:
     return data if len(data) == rep.size else None
 
 
-def _plain(start_response: StartResponse, status: str, headers: list[tuple[str, str]]) -> list[bytes]:
-    body = status.encode("latin-1") + b"\n"
-    start_response(
-        status, [*headers, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    )
-    return [body]
+def _plain(status: int, date_server: DateServer, extra: bytes = b"") -> Reply:
+    """A short text/plain response of the server's own (404, 405, 412, 416, ...)."""
+    line = _STATUS_LINES[status]
+    body = line + b"\n"
+    head = extra + b"Content-Type: text/plain; charset=utf-8\r\n" + date_server[0]
+    return Response(status, line, head, len(body)), [body]
+
+
+def _header_safe(text: str) -> bytes:
+    """A header value from request bytes (a Location): control bytes percent-encoded."""
+    data = text.encode("latin-1", "replace")
+    if any(b < 0x20 or b == 0x7F for b in data):
+        data = b"".join(b"%%%02X" % b if b < 0x20 or b == 0x7F else bytes((b,)) for b in data)
+    return data
