@@ -37,6 +37,7 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "forwarded_allow_ips": ("10.0.0.0/8,unix", ["10.0.0.0/8", "unix"]),
         "trusted_proxy_headers": ("x-real-ip,forwarded", ["x-real-ip", "forwarded"]),
         "cert_reqs": ("2", "required"),  # gunicorn's number, parsed to the name
+        "static": ("/static/=/srv/static", ["/static/=/srv/static"]),
     }
     if f.name in by_name:
         return by_name[f.name]

@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rapidwsgi import static as static_mod
 from rapidwsgi.errors import ConfigError
@@ -816,3 +818,33 @@ def _no_leaked_fds() -> Iterator[None]:
     yield
     leaked = set(os.listdir("/proc/self/fd")) - before
     assert not leaked, f"file descriptors left open: {leaked}"
+
+
+# ---------------------------------------------------------------------- property: never outside
+
+
+_PIECES = ["..", ".", "", "%2e", "%2E%2e", "%2f", "%5c", "\\", "%00", "hello.txt", "sub", "index.html"]
+_PIECES += ["link_out", "dir_out", "secret.txt", ".secret", "outside", "root", "%252e%252e", "%", "%zz"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(_PIECES), min_size=0, max_size=6), st.booleans(), st.booleans())
+def test_no_path_serves_a_file_outside_the_mount(
+    tree: Path, pieces: list[str], index: bool, dots: bool
+) -> None:
+    inside = {
+        p.read_bytes() for p in tree.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "fifo"
+    }
+    outside = (tree.parent / "outside" / "secret.txt").read_bytes()
+    sf = make(tree, index=index, dotfiles=dots)
+    path = "/static/" + "/".join(pieces)
+    try:
+        reply = call(sf, path)
+    except ValueError:  # not a valid percent-encoding for unquote_to_bytes: nothing to test
+        return
+    assert reply.code in (200, 301, 404), (path, reply.code)
+    if reply.code == 200:
+        assert reply.body != outside
+        assert reply.body in inside, path
+        decoded = unquote_to_bytes(path).decode("latin-1")
+        assert "/../" not in decoded + "/" and "\x00" not in decoded

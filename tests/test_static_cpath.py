@@ -134,3 +134,11 @@ def test_the_c_path_answers_the_cached_file_itself(root: Path) -> None:
 def test_without_mounts_nothing_is_claimed() -> None:
     run = differential([req("/static/a.txt")], echo_app, TRUSTED, what="no mounts")
     assert len(run.app_log) == 1
+
+
+def test_mounts_are_below_the_root_path(root: Path) -> None:
+    # --root-path /app: /app/static/a.txt is PATH_INFO /static/a.txt, the mount's.
+    setup = Setup(static_root=str(root), root_path="/app")
+    run = differential([req("/app/static/a.txt") + req("/static/a.txt")], echo_app, setup, what="root path")
+    assert run.out.count(b"alpha\n") == 2
+    assert run.app_log == []
