@@ -121,6 +121,10 @@ class RecordingTransport:
         self.eof_written = False
         self.protocol: HTTPConnection | None = None
         self.sock, self._peer = socket.socketpair()
+        # Room for a whole sendfile response: the peer is only drained on transport
+        # calls, so a full buffer would leave sendfile waiting for ever.
+        for end, option in ((self.sock, socket.SO_SNDBUF), (self._peer, socket.SO_RCVBUF)):
+            end.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
         self.sock.setblocking(False)
         self._peer.setblocking(False)
         self._peer_eof = False

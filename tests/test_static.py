@@ -57,7 +57,7 @@ def tree(tmp_path: Path) -> Path:
     _write(root / "app.css.gz", b"GZIP-BYTES!")
     _write(root / "only.js", b"x=1\n")
     _write(root / "only.js.gz", b"GZ")
-    _write(root / "data.bin", bytes(range(256)) * 400)  # 102400 bytes: beyond SMALL_FILE
+    _write(root / "data.bin", bytes(range(256)) * 1200)  # 307200 bytes: beyond SMALL_FILE
     _write(root / "empty.txt", b"")
     _write(root / ".secret", b"hidden\n")
     (root / ".hidden").mkdir()
@@ -264,8 +264,8 @@ def test_head_has_the_headers_of_get_and_no_body(tree: Path) -> None:
     get, head = call(sf, "/static/data.bin"), call(sf, "/static/data.bin", "HEAD")
     assert head.headers == get.headers
     assert head.body == b""
-    assert get.body == bytes(range(256)) * 400
-    assert get.header("Content-Length") == "102400"
+    assert get.body == bytes(range(256)) * 1200
+    assert get.header("Content-Length") == "307200"
 
 
 def test_large_file_is_a_file_wrapper(tree: Path) -> None:
@@ -404,7 +404,7 @@ def test_precondition_order(tree: Path) -> None:
 
 # ---------------------------------------------------------------------- ranges (RFC 9110 §14)
 
-DATA = bytes(range(256)) * 400
+DATA = bytes(range(256)) * 1200
 
 
 @pytest.mark.parametrize("path", ["/static/hello.txt", "/static/data.bin"])
@@ -636,10 +636,10 @@ def test_new_and_removed_files_after_the_ttl(tree: Path) -> None:
 def test_large_file_changed_within_the_ttl_is_resolved_again(tree: Path) -> None:
     clock = Clock()
     sf = StaticFiles([parse_mount(f"/static/={tree}", 60)], clock=clock, cache_ttl=60.0)
-    assert len(call(sf, "/static/data.bin").body) == 102400
-    _write(tree / "data.bin", b"y" * 70000, MTIME + 5)
+    assert len(call(sf, "/static/data.bin").body) == 307200
+    _write(tree / "data.bin", b"y" * 300000, MTIME + 5)
     reply = call(sf, "/static/data.bin")  # the fstat of the opened file disagrees: resolved again
-    assert (reply.code, reply.body, reply.header("ETag")) == (200, b"y" * 70000, etag_of(tree / "data.bin"))
+    assert (reply.code, reply.body, reply.header("ETag")) == (200, b"y" * 300000, etag_of(tree / "data.bin"))
 
 
 def test_cache_entries_are_bounded(tree: Path) -> None:
@@ -765,12 +765,19 @@ def test_parse_mount(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["static=/tmp", "/static/", "/static/=", "/a/../b/={d}", "/a//b/={d}", "/a%2f/={d}", "/s/={d}/missing"],
+    ["static=/tmp", "/static/", "/static/=", "/a/../b/={d}", "/a//b/={d}", "/a%2f/={d}"],
 )
 def test_bad_mounts(tmp_path: Path, spec: str) -> None:
     with pytest.raises(ConfigError):
         parse_mount(spec.format(d=tmp_path), 60)
     assert validate_mounts([spec.format(d=tmp_path)]) is not None
+
+
+def test_a_missing_directory_is_refused_when_the_mount_is_made(tmp_path: Path) -> None:
+    spec = f"/s/={tmp_path}/missing"
+    assert validate_mounts([spec]) is None  # the syntax is fine; the server checks after --chdir
+    with pytest.raises(ConfigError, match="is not a directory"):
+        parse_mount(spec, 60)
 
 
 def test_mounted_twice(tmp_path: Path) -> None:
@@ -801,8 +808,11 @@ def test_settings(tmp_path: Path) -> None:
     toml.write_text(f'static = ["/assets/={tmp_path}:immutable"]\nstatic_dotfiles = true\n')
     config = Config.load(["--config", str(toml), "x:app"], {})
     assert (config.static, config.static_dotfiles) == ([f"/assets/={tmp_path}:immutable"], True)
+    missing = Config.load(["--static", f"/s/={tmp_path}/nope", "x:app"], {})  # checked after --chdir
     with pytest.raises(ConfigError, match="is not a directory"):
-        Config.load(["--static", f"/s/={tmp_path}/nope", "x:app"], {})
+        StaticFiles.from_config(missing)
+    with pytest.raises(ConfigError, match="expected URL_PREFIX=DIRECTORY"):
+        Config.load(["--static", "static", "x:app"], {})
     assert StaticFiles.from_config(Config.load(["x:app"], {})) is None
 
 

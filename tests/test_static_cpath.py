@@ -27,7 +27,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "a.txt": b"alpha\n",
         "style.css": b"p { margin: 0 }\n",
         "style.css.gz": b"gz",
-        "big.bin": bytes(range(256)) * 300,  # 76800 bytes: beyond SMALL_FILE, sendfile
+        "big.bin": bytes(range(256)) * 1100,  # 281600 bytes: beyond SMALL_FILE, sendfile
         "sub/index.html": b"<p>i</p>\n",
         ".hidden": b"no\n",
     }
@@ -73,7 +73,7 @@ def cases(root: Path) -> list[tuple[str, bytes]]:
         ("405", req("/static/a.txt", method="DELETE")),
         ("options", req("/static/a.txt", method="OPTIONS")),
         ("sendfile", req("/static/big.bin")),
-        ("sendfile range", req("/static/big.bin", "Range: bytes=70000-")),
+        ("sendfile range", req("/static/big.bin", "Range: bytes=280000-")),
         ("http/1.0", req("/static/a.txt", version="1.0")),
         ("http/1.0 keep-alive", req("/static/a.txt", "Connection: keep-alive", version="1.0")),
         ("close", req("/static/a.txt", "Connection: close")),
@@ -90,6 +90,10 @@ def test_static_requests_identical_on_both_paths(root: Path) -> None:
         run = differential([raw + raw], echo_app, setup, what=name)
         assert not run.exceptions, (name, run.exceptions)
         assert run.out.startswith(b"HTTP/1.1 "), name
+        # Both answered in full (one where the first response closes the connection).
+        assert run.out.count(b"HTTP/1.1 ") == (1 if name in ("close", "http/1.0") else 2), name
+        if name == "sendfile":
+            assert run.out.count(bytes(range(256)) * 1100) == 2
         if name != "outside the mount":
             assert run.app_log == [], (name, run.app_log)  # the application saw nothing
 
@@ -129,6 +133,22 @@ def test_the_c_path_answers_the_cached_file_itself(root: Path) -> None:
     assert (c_run.static_quick, py_run.static_quick) == (3, 0)
     assert c_run.out == py_run.out
     assert c_run.out.count(b"alpha\n") == 3
+    # A large file's 304 and a variant's 200 and 304 are C's too; its 200 is sendfile's.
+    big = req("/static/big.bin")
+    big_cond = req("/static/big.bin", f"If-None-Match: {etag(root, 'big.bin')}")
+    gz = req("/static/style.css", "Accept-Encoding: gzip")
+    st = (root / "style.css.gz").stat()
+    gz_cond = req(
+        "/static/style.css",
+        "Accept-Encoding: gzip",
+        f'If-None-Match: "{st.st_size:x}-{st.st_mtime_ns:x}-gzip"',
+    )
+    chunks = [big, big_cond, big, gz, gz, gz_cond]
+    c_run = run_connection(chunks, echo_app, c_path=True, setup=setup)
+    py_run = run_connection(chunks, echo_app, c_path=False, setup=setup)
+    assert (c_run.static_quick, py_run.static_quick) == (3, 0)
+    assert c_run.out == py_run.out
+    assert c_run.out.count(b"304 Not Modified") == 2
 
 
 def test_without_mounts_nothing_is_claimed() -> None:

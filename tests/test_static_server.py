@@ -342,3 +342,26 @@ def test_behind_nginx(nginx_front: tuple[Nginx, Nginx, ServerProcess, ServerProc
         assert missing.status == 404
         app = conn.request(get("/elsewhere"))
         assert json.loads(app.body)["PATH_INFO"] == "/elsewhere"
+
+
+# ---------------------------------------------------------------------- starting up
+
+
+def test_a_missing_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    from rapidwsgi.errors import ExitCode
+
+    missing = tmp_path / "nope"
+    server = ServerProcess("apps:echo", "--static", f"/static/={missing}", wait=False)
+    assert server.wait(timeout=15) == ExitCode.USAGE
+    assert f"static mount '/static/={missing}': '{missing}' is not a directory" in server.stderr
+    assert "Traceback" not in server.stderr
+
+
+def test_a_relative_directory_is_relative_to_chdir(tmp_path: Path, tree: Path) -> None:
+    server = ServerProcess(
+        "apps:echo", "--chdir", str(tree.parent), "--static", f"/s/={tree.name}", cwd=tmp_path
+    )
+    try:
+        assert raw(server, get("/s/small.txt")).body == SMALL
+    finally:
+        server.stop()

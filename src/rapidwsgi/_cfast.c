@@ -1249,8 +1249,10 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 goto error;
             }
         }
-        if (claimed && inline_ok && self->static_quick != NULL) {
-            /* StaticFiles.quick(environ): a cached small file's 200 or 304 as
+        if (claimed && self->static_quick != NULL) {
+            /* (With --threads too: no application code runs, and the connection has no
+             * exchange in flight while serve() runs.)
+             * StaticFiles.quick(environ): a cached small file's 200 or 304 as
              * ((code, status_line), (block, length, close, add), [body]) in the shapes
              * start_response's caches hold, written like an application's response; or
              * None: StaticFiles.respond decides, through the Python machinery. */

@@ -22,6 +22,7 @@ from .config import Config, build_parser
 from .errors import BindError, ConfigError, ExitCode
 from .log import error_log, setup_error_log
 from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
+from .static import StaticFiles
 from .supervisor import Master
 from .tls import load_at_start
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         load_at_start(config)  # a certificate or key that does not load: an error now
+        StaticFiles.from_config(config)  # a --static directory that is missing: too
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE

@@ -54,7 +54,7 @@ from .events import Response
 from .wsgi import Environ, FileWrapper
 
 #: Files up to this size are kept in memory (and sent with the head in one write).
-SMALL_FILE: Final = 64 * 1024
+SMALL_FILE: Final = 256 * 1024
 #: At most this many paths are cached (oldest first out), and at most CACHE_BYTES of
 #: small files' contents.
 CACHE_ENTRIES: Final = 4096
@@ -150,10 +150,12 @@ class Mount:
         return self.prefix[:-1]
 
 
-def parse_mount(spec: str, default_max_age: int) -> Mount:
+def parse_mount(spec: str, default_max_age: int, *, check_dir: bool = True) -> Mount:
     """``URL_PREFIX=DIRECTORY[:MAX_AGE][:immutable]`` → :class:`Mount`.
 
-    Raises :class:`ConfigError` for a malformed spec or a directory that is missing."""
+    Raises :class:`ConfigError` for a malformed spec or (``check_dir``) a directory
+    that is missing. A relative DIRECTORY is relative to the working directory (after
+    ``--chdir``: the server checks the mounts once it has changed directory)."""
     prefix, sep, rest = spec.partition("=")
     if not sep or not prefix.startswith("/") or not rest:
         raise ConfigError(f"static mount {spec!r}: expected URL_PREFIX=DIRECTORY[:MAX_AGE][:immutable]")
@@ -177,7 +179,7 @@ def parse_mount(spec: str, default_max_age: int) -> Mount:
         raise ConfigError(f"static mount {spec!r}: the URL prefix must be a plain path")
     if not prefix.endswith("/"):
         prefix += "/"
-    if not os.path.isdir(directory):
+    if check_dir and not os.path.isdir(directory):
         raise ConfigError(f"static mount {spec!r}: {directory!r} is not a directory")
     root = os.fsencode(os.path.realpath(directory))
     cache_control = f"public, max-age={max_age}" + (", immutable" if immutable else "")
@@ -185,11 +187,12 @@ def parse_mount(spec: str, default_max_age: int) -> Mount:
 
 
 def validate_mounts(specs: list[str]) -> str | None:
-    """Config validation of ``--static``: an error message or None."""
+    """Config validation of ``--static`` (the syntax; the directories are checked after
+    ``--chdir``, by :meth:`StaticFiles.from_config`): an error message or None."""
     seen: set[str] = set()
     for spec in specs:
         try:
-            mount = parse_mount(spec, 0)
+            mount = parse_mount(spec, 0, check_dir=False)
         except ConfigError as exc:
             return str(exc)
         if mount.prefix in seen:
@@ -214,6 +217,9 @@ class Rep:
         "mtime",
         "mtime_ns",
         "path",
+        "quick",
+        "quick304",
+        "quick_body",
         "size",
         "validators",
     )
@@ -234,6 +240,11 @@ class Rep:
         #: Content-Range (framing, Date and Server are added by the writer).
         self.validators = b""
         self.entity = b""
+        #: The same in the shapes StaticFiles.quick gives the C path (set by File):
+        #: a 200's (None unless the body is cached) and a 304's.
+        self.quick: tuple[bytes, int | None, bool, int] | None = None
+        self.quick304: tuple[bytes, int | None, bool, int] = (b"", None, False, 0)
+        self.quick_body: list[bytes] = []
 
     def same_file(self, st: os.stat_result) -> bool:
         return (
@@ -249,9 +260,6 @@ class File:
         "checked",
         "identity",
         "plain",
-        "quick",
-        "quick304",
-        "quick_body",
         "type",
         "variants",
         "vary",
@@ -277,13 +285,11 @@ class File:
         #: The whole 200's head for the common request (no variants to choose from, no
         #: conditions, a cached body), or None.
         self.plain: bytes | None = identity.entity if not variants and identity.body is not None else None
-        #: The same for StaticFiles.quick (the C path).
-        self.quick: tuple[bytes, int | None, bool, int] | None = None
-        self.quick304: tuple[bytes, int | None, bool, int] = (identity.validators, None, False, 0)
-        self.quick_body: list[bytes] = []
-        if self.plain is not None and identity.body is not None:
-            self.quick = (self.plain, identity.size, False, 0)
-            self.quick_body = [identity.body]
+        for rep in (identity, *variants):
+            rep.quick304 = (rep.validators, None, False, 0)
+            if rep.body is not None:
+                rep.quick = (rep.entity, rep.size, False, 0)
+                rep.quick_body = [rep.body]
 
 
 class Redirect:
@@ -524,32 +530,40 @@ class StaticFiles:
     # ------------------------------------------------------------ responding
 
     def quick(self, environ: Environ) -> QuickReply | None:
-        """The C request path's shortcut (``_cfast.c``): for a fresh cached small file
-        without variants, a plain GET/HEAD's 200 or an exact If-None-Match's 304, in
-        the shapes ``wsgi.header_parts`` gives the C writer; None for everything else
-        (then :meth:`respond` decides). tests/test_static_cpath.py holds the two to
-        identical bytes."""
+        """The C request path's shortcut (``_cfast.c``): for a fresh cached file, a plain
+        GET/HEAD's 200 (of a small file, from memory) or an exact If-None-Match's 304
+        (of any file), after choosing the precompressed variant, in the shapes
+        ``wsgi.header_parts`` gives the C writer; None for everything else (then
+        :meth:`respond` decides). tests/test_static_cpath.py holds the two to identical
+        bytes."""
         method: str = environ["REQUEST_METHOD"]
         if method != "GET" and method != "HEAD":  # noqa: PLR1714 - faster than a tuple here
             return None
         entry = self._cache.get(environ["PATH_INFO"])
         if type(entry) is not File:
             return None
-        parts = entry.quick
-        if parts is None or self._clock() - entry.checked >= self.cache_ttl or "%" in environ["RAW_URI"]:
+        if self._clock() - entry.checked >= self.cache_ttl or "%" in environ["RAW_URI"]:
             return None
+        rep = entry.identity
+        if entry.vary:
+            if "HTTP_RANGE" in environ:
+                return None
+            rep = self._negotiate(entry, environ.get("HTTP_ACCEPT_ENCODING"))
         if _CONDITIONAL.isdisjoint(environ):
+            parts = rep.quick
+            if parts is None:
+                return None
             self.quick_served += 1
-            return _ST200, parts, entry.quick_body
+            return _ST200, parts, rep.quick_body
         # §13.2.2: without If-Match / If-Unmodified-Since, a matching If-None-Match is a
         # 304 whatever Range or If-Modified-Since say; only the exact tag is taken here.
         if (
-            environ.get("HTTP_IF_NONE_MATCH") == entry.identity.etag
+            environ.get("HTTP_IF_NONE_MATCH") == rep.etag
             and "HTTP_IF_MATCH" not in environ
             and "HTTP_IF_UNMODIFIED_SINCE" not in environ
         ):
             self.quick_served += 1
-            return _ST304, entry.quick304, _EMPTY_BODY
+            return _ST304, rep.quick304, _EMPTY_BODY
         return None
 
     def respond(self, environ: Environ, date_server: DateServer) -> Reply:
@@ -631,9 +645,9 @@ class StaticFiles:
             size = _body_size(fresh)
             if self._cached_bytes + size > self._max_bytes:
                 for rep in (fresh.identity, *fresh.variants):
-                    rep.body = None
-                fresh.plain = fresh.quick = None
-                fresh.quick_body = []
+                    rep.body = rep.quick = None
+                    rep.quick_body = []
+                fresh.plain = None
             else:
                 self._cached_bytes += size
         cache[key] = fresh
