@@ -23,7 +23,9 @@ from common import HOST, free_port, last_line
 STOP_TIMEOUT_S = 5.0
 PARAMS_DIR = Path("/etc/nginx")
 
-CONFIG = """
+#: What every nginx configuration of the benchmark starts with (a scratch prefix in
+#: {tmp}; bench/static.py uses it too), up to the inside of ``http {``.
+PREAMBLE = """
 {user}
 worker_processes {workers};
 worker_rlimit_nofile 20000;
@@ -36,7 +38,10 @@ http {{
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+    scgi_temp_path {tmp}/scgi;"""
+CONFIG = (
+    PREAMBLE
+    + """
     upstream backend {{ server {upstream};{keepalive} }}
     server {{
         listen {host}:{port} backlog=4096;
@@ -46,6 +51,7 @@ http {{
     }}
 }}
 """
+)
 LOCATIONS = {
     "proxy": ["proxy_pass http://backend;", "proxy_set_header Host $host;"],
     "proxy-ka": [

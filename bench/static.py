@@ -62,24 +62,13 @@ NOTES = {
     "uwsgi": "--http-socket closes the connection after each response (wrk reconnects; its "
     "read errors are those closes); --http11-socket starved connections here (BENCH-NOTES.md)",
 }
-NGINX_CONF = """
-{user}
-worker_processes 1;
-worker_rlimit_nofile 20000;
-error_log {tmp}/error.log error;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
+NGINX_CONF = (
+    front.PREAMBLE
+    + """
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
     open_file_cache max=1000 inactive=60s;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
     types {{ text/css css; text/javascript js; application/octet-stream bin; }}
     server {{
         listen {host}:{port} backlog=4096;
@@ -87,6 +76,7 @@ http {{
     }}
 }}
 """
+)
 
 
 @dataclass
@@ -161,7 +151,7 @@ def argv_for(
         conf_dir = tmp / "nginx"
         conf_dir.mkdir(parents=True, exist_ok=True)
         user = "user root;" if os.geteuid() == 0 else ""
-        conf = NGINX_CONF.format(user=user, tmp=conf_dir, host=HOST, port=port, root=root)
+        conf = NGINX_CONF.format(user=user, workers=1, tmp=conf_dir, host=HOST, port=port, root=root)
         (conf_dir / "nginx.conf").write_text(conf)
         return [
             front.nginx_binary(),

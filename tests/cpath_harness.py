@@ -90,6 +90,7 @@ class Setup:
     read_body: bool = True
     #: ``--static /static/=DIR --static-index`` (a fresh StaticFiles per run).
     static_root: str | None = None
+    static_sendfile: str = "auto"
 
     def make_limits(self) -> Limits:
         return Limits(**dict(self.limits))
@@ -404,6 +405,7 @@ async def _run(
             index=True,
             cache_ttl=3600.0,
             wall=lambda: FIXED_WALL,
+            sendfile=setup.static_sendfile,
         ),
     )
     if setup.shutting_down:

@@ -38,6 +38,7 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "trusted_proxy_headers": ("x-real-ip,forwarded", ["x-real-ip", "forwarded"]),
         "cert_reqs": ("2", "required"),  # gunicorn's number, parsed to the name
         "static": ("/static/=/srv/static", ["/static/=/srv/static"]),
+        "static_sendfile": ("off", "off"),
     }
     if f.name in by_name:
         return by_name[f.name]

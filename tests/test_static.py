@@ -658,6 +658,19 @@ def test_cached_bytes_are_bounded(tree: Path) -> None:
     assert sf._cached_bytes == len(CSS) + 12 + 11
 
 
+def test_sendfile_to() -> None:
+    assert [
+        StaticFiles([], sendfile=m).sendfile_to(same) for m in ("auto", "on", "off") for same in (False, True)
+    ] == [
+        True,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
 def test_lookup_kinds(tree: Path) -> None:
     sf = make(tree, index=True)
     assert type(sf.lookup("/static/hello.txt")) is File

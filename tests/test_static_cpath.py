@@ -162,3 +162,31 @@ def test_mounts_are_below_the_root_path(root: Path) -> None:
     run = differential([req("/app/static/a.txt") + req("/static/a.txt")], echo_app, setup, what="root path")
     assert run.out.count(b"alpha\n") == 2
     assert run.app_log == []
+
+
+@pytest.mark.parametrize(
+    ("peer", "mode", "sendfile"),
+    [
+        (("10.9.8.7", 41000), "auto", True),
+        (("127.0.0.1", 50000), "auto", False),
+        (None, "auto", False),  # a unix-socket peer
+        (("127.0.0.1", 50000), "on", True),
+        (("10.9.8.7", 41000), "off", False),
+    ],
+)
+def test_sendfile_or_writes_by_peer(
+    root: Path, monkeypatch: pytest.MonkeyPatch, peer: tuple[str, int] | None, mode: str, sendfile: bool
+) -> None:
+    calls: list[int] = []
+    real = os.sendfile
+
+    def spy(*args: int) -> int:
+        calls.append(args[3])
+        return real(*args)
+
+    monkeypatch.setattr(os, "sendfile", spy)
+    sockname: tuple[str, int] | str = ("127.0.0.1", 8000) if peer is not None else "/run/app.sock"
+    setup = Setup(static_root=str(root), peername=peer, sockname=sockname, static_sendfile=mode)
+    run = differential([req("/static/big.bin") * 2], echo_app, setup, what=f"{peer} {mode}")
+    assert run.out.count(bytes(range(256)) * 1100) == 2
+    assert bool(calls) is sendfile

@@ -483,6 +483,14 @@ class Config:
         "it they are a 404.",
         section="Static files",
     )
+    static_sendfile: str = setting(
+        "auto",
+        help="How static files beyond 256 KiB are sent: on (sendfile(2), zero copy), off (reads of "
+        "256 KiB blocks), or auto: sendfile, except to a peer on this host (loopback or a unix "
+        "socket: a front-end on the same machine), where plain writes measured faster.",
+        section="Static files",
+        choices=("auto", "on", "off"),
+    )
     static_cache_ttl: float = setting(
         1.0,
         help="How long (seconds) what a static path resolved to is trusted before the file is "

@@ -352,6 +352,8 @@ class HTTPConnection:
         self._tls = tls
         self._forwarding = False  # apply X-Forwarded-* / Forwarded (a trusted HTTP peer)
         self._peer_trusted = False
+        #: The peer is on this host (loopback or a unix socket): see StaticFiles.sendfile.
+        self._same_host = False
         #: The peer is a gateway or a proxy that pools its connections to us (see
         #: ``begin_shutdown``): a gateway protocol, or a trusted HTTP peer that sent
         #: forwarding fields.
@@ -407,6 +409,7 @@ class HTTPConnection:
             self._environ_base["HTTPS"] = "on"
         peer = self._environ_base["REMOTE_ADDR"] or "unix"
         self._peer_trusted = peer in ctx.trusted
+        self._same_host = peer in ("unix", "::1") or peer.startswith(("127.", "::ffff:127."))
         self._forwarding = self._peer_trusted and not self.wire.GATEWAY
         self._pooled = self.wire.GATEWAY
         self._proxy_pending = ctx.proxy_protocol
@@ -697,6 +700,7 @@ class HTTPConnection:
             response, body = static.respond(environ, ctx.clock.date_server)
             exchange = self._inline_exchange(environ, head_request, None)
             exchange.response = response
+            exchange.use_sendfile = self._raw_ok and static.sendfile_to(self._same_host)
             exchange.adopt(body, None)
             exchange.resume()
         elif not on_thread:
