@@ -294,7 +294,8 @@ def run_round(
 def report(
     cells: dict[str, Cell], cfg: argparse.Namespace, skipped: dict[str, str], meta: dict[str, object]
 ) -> str:
-    med = {key: statistics.median(c.rps) for key, c in cells.items()}
+    # A run with no response at all is a failure, not a rate: medians are over the rest.
+    med = {key: statistics.median(ok) for key, c in cells.items() if (ok := [r for r in c.rps if r > 0])}
     servers = [s for s in cfg.servers if any(c.server == s for c in cells.values())]
     loads = [*cfg.loads, "304-c20"]
     lines = [
@@ -315,14 +316,18 @@ def report(
             row = [size, load]
             base = med.get(f"nginx {size} {load}")
             for server in servers:
+                cell = cells.get(f"{server} {size} {load}")
                 value = med.get(f"{server} {size} {load}")
-                if value is None:
+                if cell is None:
                     row.append("-")
                     continue
-                text = f"{value:,.0f}"
-                if base and server != "nginx":
+                text = "no response" if value is None else f"{value:,.0f}"
+                if value is not None and base and server != "nginx":
                     text += f" ({value / base:.2f}x nginx)"
-                errs = sum(cells[f"{server} {size} {load}"].errors)
+                failed = sum(1 for r in cell.rps if r <= 0)
+                if failed:
+                    text += f" ⚠ no response in {failed} of {len(cell.rps)} runs"
+                errs = sum(cell.errors)
                 if errs:
                     text += f" ⚠{errs} errors"
                 row.append(text)
@@ -363,6 +368,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--tag", default="static")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--report", type=Path, metavar="FILE.json", help="only rewrite the report of a run")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
     args.sizes = [s for s in args.sizes.split(",") if s]
@@ -374,8 +380,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def rewrite_report(cfg: argparse.Namespace) -> int:
+    data = json.loads(cfg.report.read_text())
+    cells = {f"{c['server']} {c['size']} {c['load']}": Cell(**c) for c in data["cells"]}
+    cfg.rounds = data["meta"]["rounds"]
+    cfg.duration = data["meta"]["duration_s"]
+    markdown = report(cells, cfg, data["skipped"], data["meta"])
+    write_atomic(cfg.report.with_suffix(".md"), markdown)
+    print(markdown)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
+    if cfg.report is not None:
+        return rewrite_report(cfg)
     missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
     if "nginx" in cfg.servers and not front.nginx_binary():
         missing.append("nginx")
