@@ -520,6 +520,10 @@ def test_range_after_a_matching_if_none_match_is_304(tree: Path) -> None:
         ("GZIP", b"GZIP-BYTES!", "gzip"),
         ("gzip;q=bogus, br;q=2", CSS, None),
         ("deflate", CSS, None),
+        ("gzip;q=0.5, identity", CSS, None),  # identity ranks first (§12.5.3)
+        ("identity;q=0.5, gzip;q=0.4", CSS, None),
+        ("gzip, identity", b"GZIP-BYTES!", "gzip"),  # a tie: the variant
+        ("x-gzip", b"GZIP-BYTES!", "gzip"),  # §8.4.1.3
     ],
 )
 def test_precompressed(tree: Path, accept: str | None, body: bytes, encoding: str | None) -> None:
@@ -671,6 +675,43 @@ def test_sendfile_to() -> None:
     ]
 
 
+def test_a_file_the_server_may_not_read_is_a_404(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.open
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fsdecode(path).endswith(("data.bin", "hello.txt", "app.css.br")):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    sf = make(tree)
+    for path in ("/static/data.bin", "/static/hello.txt"):
+        assert [call(sf, path, method).code for method in ("GET", "HEAD")] == [404, 404], path
+    # A variant it may not read is not offered.
+    reply = call(sf, "/static/app.css", accept_encoding="br, gzip")
+    assert (reply.body, reply.header("Content-Encoding")) == (b"GZIP-BYTES!", "gzip")
+
+
+def test_out_of_descriptors_is_a_503(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sf = make(tree)
+    assert call(sf, "/static/data.bin", "HEAD").code == 200  # resolved and cached
+    real = os.open
+
+    def exhausted(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fsdecode(path).endswith("data.bin"):
+            raise OSError(24, "Too many open files")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", exhausted)
+    reply = call(sf, "/static/data.bin")
+    assert (reply.status, reply.header("Retry-After")) == ("503 Service Unavailable", "1")
+
+
+def test_suffix_range_of_an_empty_file_is_the_whole_file(tree: Path) -> None:
+    reply = call(make(tree), "/static/empty.txt", range="bytes=-5")
+    assert (reply.code, reply.body, reply.header("Content-Range")) == (200, b"", None)
+
+
 def test_lookup_kinds(tree: Path) -> None:
     sf = make(tree, index=True)
     assert type(sf.lookup("/static/hello.txt")) is File
@@ -707,7 +748,7 @@ def test_parse_etags(value: str, expected: list[tuple[bool, str]] | None) -> Non
         ("bytes=500-600,601-999", 1000, [(500, 999)]),
         ("bytes=500-700,601-999", 1000, [(500, 999)]),
         ("bytes=0-", 0, []),
-        ("bytes=-1", 0, []),
+        ("bytes=-1", 0, None),  # satisfiable (§14.1.1) yet no range to send: the whole, a 200
         ("bytes=1-0", 1000, None),
         ("bytes=,0-1,", 1000, [(0, 1)]),
         ("bytes=,", 1000, None),

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import errno
 import mimetypes
 import os
 import stat
@@ -373,7 +374,11 @@ def parse_range(value: str, size: int) -> list[tuple[int, int]] | None:
                 return None
             valid = True
             suffix = int(last_s)
-            if suffix > 0 and size > 0:
+            if suffix > 0 and size == 0:
+                # RFC 9110 §14.1.1: satisfiable, but no byte range can say so: the
+                # whole (empty) representation, a 200.
+                return None
+            if suffix > 0:
                 ranges.append((max(size - suffix, 0), size - 1))
             continue
         first = int(first_s)
@@ -413,6 +418,9 @@ def accepted_codings(value: str) -> dict[str, float]:
                     q = 0.0
                 if not 0.0 <= q <= 1.0:
                     q = 0.0
+        if name == "x-gzip":  # RFC 9110 §8.4.1.3: the same as gzip
+            name = "gzip"
+            q = max(q, codings.get(name, 0.0))
         codings[name] = q
     return codings
 
@@ -721,6 +729,11 @@ class StaticFiles:
                 continue
             if rep.size <= SMALL_FILE:
                 rep.body = _read_small(rep)
+        # A file the server may not read (EACCES) is hidden like the others: a 404 for
+        # GET and HEAD alike (a variant it may not read is not offered).
+        if identity.body is None and not _readable(identity.path):
+            return Missing(now)
+        variants = [rep for rep in variants if rep.body is not None or _readable(rep.path)]
         return File(identity, variants, content_type(os.fsdecode(target)), mount.cache_control, now)
 
     def _stat(self, mount: Mount, path: bytes) -> os.stat_result | None:
@@ -779,7 +792,7 @@ class StaticFiles:
                 )
                 if rep.body is not None:
                     return response, [rep.body[first : last + 1]]
-                return self._open(rep, first, length, response)
+                return self._open(rep, first, length, response, date_server)
             if ranges is not None and not ranges:
                 return _plain(416, date_server, f"Content-Range: bytes */{size}\r\n".encode())
         response = Response(200, b"200 OK", rep.entity + date_server[0], size)
@@ -787,7 +800,7 @@ class StaticFiles:
             return response, []
         if rep.body is not None:
             return response, [rep.body]
-        return self._open(rep, 0, size, response)
+        return self._open(rep, 0, size, response, date_server)
 
     @staticmethod
     def _if_range(rep: Rep, value: str | None) -> bool:
@@ -806,20 +819,28 @@ class StaticFiles:
             return entry.identity
         codings = accepted_codings(accept)
         wildcard = codings.get("*", 0.0)
+        # RFC 9110 §12.5.3: the q-values rank the codings, identity included when the
+        # client lists it; a variant wins a tie with identity (that is what it is for).
         best = entry.identity
-        best_q = 0.0
+        best_q = codings.get("identity", 0.0)
         for rep in entry.variants:
             q = codings.get(rep.encoding or "", wildcard)
-            if q > best_q:
+            if q > best_q or (q > 0.0 and q == best_q and best is entry.identity):
                 best, best_q = rep, q
         return best
 
-    def _open(self, rep: Rep, offset: int, length: int, response: Response) -> Reply | None:
-        """The file's bytes from ``offset`` as a FileWrapper; None if it changed."""
+    def _open(
+        self, rep: Rep, offset: int, length: int, response: Response, date_server: DateServer
+    ) -> Reply | None:
+        """The file's bytes from ``offset`` as a FileWrapper; None if it changed (or can
+        no longer be read: resolving it again says what it is now)."""
         try:
             # O_NONBLOCK: a path swapped for a FIFO since the stat must not block the loop.
             fd = os.open(rep.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors: temporary, and not the file's fault.
+                return _plain(503, date_server, b"Retry-After: 1\r\n")
             return None
         fp = os.fdopen(fd, "rb")
         try:
@@ -834,6 +855,17 @@ class StaticFiles:
             return None
         body = cast("IO[bytes]", _Slice(fp, length)) if length != rep.size else fp
         return response, FileWrapper(body, READ_BLOCK)
+
+
+def _readable(path: bytes) -> bool:
+    """Whether the server may open the file (False for EACCES and the like; True when
+    it is only out of descriptors, which passes)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    os.close(fd)
+    return True
 
 
 def _body_size(entry: File) -> int:
