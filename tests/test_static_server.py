@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.nginx import Nginx, nginx_available
-from tests.rawhttp import RawConnection, RawResponse
+from tests.rawhttp import RawConnection, RawResponse, get, head
 
 SMALL = b"small file\n" * 3  # 33 bytes
 LARGE = os.urandom(3 * 1024 * 1024 + 17)  # sendfile (or buffered reads over TLS)
@@ -91,10 +91,6 @@ def raw(server: ServerProcess, data: bytes, head: bool = False) -> RawResponse:
         return conn.request(data, head=head)
 
 
-def get(path: str, extra: str = "", method: str = "GET") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode("latin-1")
-
-
 def assert_common(response: RawResponse) -> None:
     assert response.header_count("date") == 1
     assert response.header("server") == "rapidwsgi"
@@ -127,14 +123,14 @@ def test_large_file_and_its_ranges(server: ServerProcess) -> None:
         whole = conn.request(get("/static/large.bin"))
         assert whole.status == 200
         assert whole.body == LARGE
-        part = conn.request(get("/static/large.bin", "Range: bytes=1000000-2000000\r\n"))
+        part = conn.request(get("/static/large.bin", headers="Range: bytes=1000000-2000000\r\n"))
         assert part.status == 206
         assert part.header("content-range") == f"bytes 1000000-2000000/{len(LARGE)}"
         assert part.body == LARGE[1000000:2000001]
-        tail = conn.request(get("/static/large.bin", "Range: bytes=-5\r\n"))
+        tail = conn.request(get("/static/large.bin", headers="Range: bytes=-5\r\n"))
         assert tail.body == LARGE[-5:]
-        head = conn.request(get("/static/large.bin", method="HEAD"), head=True)
-        assert (head.status, head.header("content-length")) == (200, str(len(LARGE)))
+        headed = conn.request(head("/static/large.bin"), head=True)
+        assert (headed.status, headed.header("content-length")) == (200, str(len(LARGE)))
         # The connection is still in step after all of it.
         assert conn.request(get("/static/small.txt")).body == SMALL
 
@@ -155,9 +151,9 @@ def test_conditional_requests(server: ServerProcess) -> None:
     first = raw(server, get("/static/small.txt"))
     etag, last_modified = first.header("etag"), first.header("last-modified")
     with RawConnection(server.address) as conn:
-        r1 = conn.request(get("/static/small.txt", f"If-None-Match: {etag}\r\n"))
-        r2 = conn.request(get("/static/small.txt", f"If-Modified-Since: {last_modified}\r\n"))
-        r3 = conn.request(get("/static/small.txt", 'If-Match: "nope"\r\n'))
+        r1 = conn.request(get("/static/small.txt", headers=f"If-None-Match: {etag}\r\n"))
+        r2 = conn.request(get("/static/small.txt", headers=f"If-Modified-Since: {last_modified}\r\n"))
+        r3 = conn.request(get("/static/small.txt", headers='If-Match: "nope"\r\n'))
         r4 = conn.request(get("/static/small.txt"))
     assert (r1.status, r1.body, r1.header("content-length")) == (304, b"", None)
     assert r1.header("etag") == etag
@@ -167,7 +163,7 @@ def test_conditional_requests(server: ServerProcess) -> None:
 
 
 def test_precompressed_and_vary(server: ServerProcess) -> None:
-    gz = raw(server, get("/static/app.css", "Accept-Encoding: gzip, br\r\n"))
+    gz = raw(server, get("/static/app.css", headers="Accept-Encoding: gzip, br\r\n"))
     assert (gz.body, gz.header("content-encoding"), gz.header("vary")) == (
         b"gz-variant",
         "gzip",
@@ -210,7 +206,7 @@ def test_hostile_paths_never_reach_a_file_or_the_app(server: ServerProcess, path
 def test_other_methods_and_a_body_the_responder_does_not_read(server: ServerProcess) -> None:
     with RawConnection(server.address) as conn:
         post = conn.request(b"POST /static/small.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
-        options = conn.request(get("/static/small.txt", method="OPTIONS"))
+        options = conn.request(b"OPTIONS /static/small.txt HTTP/1.1\r\nHost: test\r\n\r\n")
         after = conn.request(get("/static/small.txt"))
     assert (post.status, post.header("allow")) == (405, "GET, HEAD, OPTIONS")
     assert (options.status, options.header("allow")) == (204, "GET, HEAD, OPTIONS")
@@ -332,11 +328,13 @@ def test_behind_nginx(nginx_front: tuple[Nginx, Nginx, ServerProcess, ServerProc
         small = conn.request(get("/static/small.txt"))
         assert (small.status, small.body) == (200, SMALL)
         assert small.header("etag") is not None
-        not_modified = conn.request(get("/static/small.txt", f"If-None-Match: {small.header('etag')}\r\n"))
+        not_modified = conn.request(
+            get("/static/small.txt", headers=f"If-None-Match: {small.header('etag')}\r\n")
+        )
         assert (not_modified.status, not_modified.body) == (304, b"")
         large = conn.request(get("/static/large.bin"))
         assert large.body == LARGE
-        part = conn.request(get("/static/large.bin", "Range: bytes=7-9\r\n"))
+        part = conn.request(get("/static/large.bin", headers="Range: bytes=7-9\r\n"))
         assert (part.status, part.body) == (206, LARGE[7:10])
         missing = conn.request(get("/static/.env"))
         assert missing.status == 404

@@ -68,6 +68,10 @@ MAX_RANGES: Final = 64
 #: ``:immutable``: a year, the longest max-age RFC 9111 §5.2.2.1 suggests relying on.
 IMMUTABLE_MAX_AGE: Final = 31536000
 
+#: Every open of a served file: O_NONBLOCK, so a path swapped for a FIFO since its stat
+#: cannot block the loop.
+_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
 ALLOW: Final = "GET, HEAD, OPTIONS"
 _ALLOW_LINE: Final = b"Allow: GET, HEAD, OPTIONS\r\n"
 #: Request fields that make a response other than the plain 200.
@@ -260,7 +264,6 @@ class File:
         "cache_control",
         "checked",
         "identity",
-        "plain",
         "type",
         "variants",
         "vary",
@@ -283,10 +286,6 @@ class File:
             rep.validators = (validators + vary).encode("latin-1")
             entity = f"{validators}{vary}Content-Type: {ctype}\r\n{coding}Accept-Ranges: bytes\r\n"
             rep.entity = entity.encode("latin-1")
-        #: The whole 200's head for the common request (no variants to choose from, no
-        #: conditions, a cached body), or None.
-        self.plain: bytes | None = identity.entity if not variants and identity.body is not None else None
-        for rep in (identity, *variants):
             rep.quick304 = (rep.validators, None, False, 0)
             if rep.body is not None:
                 rep.quick = (rep.entity, rep.size, False, 0)
@@ -599,12 +598,11 @@ class StaticFiles:
         raw_uri: str = environ.get("RAW_URI", "")
         entry = self.lookup(path, raw_uri)
         if type(entry) is File:
-            plain = entry.plain
-            if plain is not None and _CONDITIONAL.isdisjoint(environ):
+            identity = entry.identity
+            if not entry.vary and identity.body is not None and _CONDITIONAL.isdisjoint(environ):
                 # The common request: a cached small file, nothing to negotiate.
-                identity = entry.identity
                 body = identity.body if method == "GET" else b""
-                return Response(200, b"200 OK", plain + date_server[0], identity.size), [body or b""]
+                return Response(200, b"200 OK", identity.entity + date_server[0], identity.size), [body]
             reply = self._serve(entry, environ, date_server, method == "GET")
             if reply is None:
                 # The file changed since it was cached: resolve it again, once.
@@ -669,7 +667,6 @@ class StaticFiles:
                 for rep in (fresh.identity, *fresh.variants):
                     rep.body = rep.quick = None
                     rep.quick_body = []
-                fresh.plain = None
             else:
                 self._cached_bytes += size
         cache[key] = fresh
@@ -835,8 +832,7 @@ class StaticFiles:
         """The file's bytes from ``offset`` as a FileWrapper; None if it changed (or can
         no longer be read: resolving it again says what it is now)."""
         try:
-            # O_NONBLOCK: a path swapped for a FIFO since the stat must not block the loop.
-            fd = os.open(rep.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(rep.path, _OPEN_FLAGS)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 # Out of descriptors: temporary, and not the file's fault.
@@ -861,7 +857,7 @@ def _readable(path: bytes) -> bool:
     """Whether the server may open the file (False for EACCES and the like; True when
     it is only out of descriptors, which passes)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
         return exc.errno in (errno.EMFILE, errno.ENFILE)
     os.close(fd)
@@ -874,7 +870,7 @@ def _body_size(entry: File) -> int:
 
 def _read_small(rep: Rep) -> bytes | None:
     try:
-        fd = os.open(rep.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(rep.path, _OPEN_FLAGS)
     except OSError:
         return None
     try:
