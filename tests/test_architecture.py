@@ -32,14 +32,17 @@ RANKS = {
     "rapidwsgi.bridge": 4,
     "rapidwsgi.static": 4,  # the --static responder (beside the exchange it feeds)
     "rapidwsgi._cfast": 4.5,  # the C request path (a C extension: imports nothing)
+    "rapidwsgi.metrics": 4.6,  # the shared counter slots (its C meter is in _cfast)
+    "rapidwsgi.sockets": 4.8,  # addresses and binding (config validates with it)
     "rapidwsgi.connection": 5,
-    "rapidwsgi.sockets": 5,
     "rapidwsgi.config": 5,
     "rapidwsgi.loader": 5,
     "rapidwsgi.tls": 5.5,  # above config, below worker and cli
     "rapidwsgi.worker": 6,
     "rapidwsgi.reloader": 6,
+    "rapidwsgi.exporter": 6.5,  # the master's metrics endpoint and statsd
     "rapidwsgi.supervisor": 7,
+    "rapidwsgi.stats": 7.5,  # the `rapidwsgi stats` subcommand
     "rapidwsgi.cli": 8,
     "rapidwsgi.__main__": 9,
     "rapidwsgi.demo": 9,

@@ -39,6 +39,8 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "cert_reqs": ("2", "required"),  # gunicorn's number, parsed to the name
         "static": ("/static/=/srv/static", ["/static/=/srv/static"]),
         "static_sendfile": ("off", "off"),
+        "metrics_bind": ("unix:/run/metrics.sock", "unix:/run/metrics.sock"),
+        "statsd_host": ("127.0.0.1:8125", "127.0.0.1:8125"),
     }
     if f.name in by_name:
         return by_name[f.name]

@@ -34,7 +34,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* ------------------------------------------------------------------ module state */
 
@@ -62,6 +64,259 @@ static const char *const method_names[M_COUNT] = {"GET",     "HEAD",  "POST",  "
                                                   "DELETE",  "OPTIONS", "PATCH", "TRACE"};
 static PyObject *method_str[M_COUNT];
 static PyObject *method_bytes[M_COUNT];
+
+/* ------------------------------------------------------------------ Meter
+ *
+ * A worker's writer of its slot in the master's shared region (metrics.py states the
+ * rules and owns the layout, which it hands over at construction: one layout, no copy
+ * of it here). metrics.PyMeter is the reference; tests/test_metrics.py holds the two
+ * to identical bytes. Every update runs under the GIL, so increments from application
+ * threads (count()) are never lost; the C path updates the slot directly (meter_*). */
+
+#define METER_MAX_BUCKETS 32
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;   /* the shared region, held while the meter lives */
+    uint64_t *w;      /* the slot's words */
+    unsigned char *b; /* the slot's bytes (records) */
+    Py_ssize_t o_req, o_bucket, o_sum, o_in, o_out, rec_at, rec_bytes, nrec, nm, ns, nb, nwords, method_bytes,
+        path_at;
+    uint64_t bounds[METER_MAX_BUCKETS];
+} Meter;
+
+/* The METHODS index (metrics.py) of each M_* method. */
+static const int meter_method[M_COUNT] = {0, 1, 2, 3, 4, 6, 5, 7};
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic_ns()'s clock */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void meter_request(Meter *m, Py_ssize_t proto, Py_ssize_t method, long status, uint64_t dur, uint64_t in,
+                          uint64_t out) {
+    Py_ssize_t sc = status >= 100 && status < 600 ? status / 100 - 1 : m->ns - 1;
+    m->w[m->o_req + (proto * m->nm + method) * m->ns + sc]++;
+    Py_ssize_t k = 0;
+    while (k < m->nb - 1 && dur > m->bounds[k]) k++;
+    m->w[m->o_bucket + proto * m->nb + k]++;
+    m->w[m->o_sum + proto] += dur;
+    m->w[m->o_in + proto] += in;
+    m->w[m->o_out + proto] += out;
+}
+
+/* Rule 5 of metrics.py: the sequence number is odd while the record changes; the
+ * compiler barriers keep the stores in that order (x86 and ARM64 readers see them in
+ * program order for aligned words, or retry on a mismatch). */
+static void meter_begin(Meter *m, Py_ssize_t rec, const char *method, Py_ssize_t mlen, const char *path,
+                        Py_ssize_t plen, uint64_t start) {
+    if (rec < 0 || rec >= m->nrec) return;
+    unsigned char *r = m->b + m->rec_at + rec * m->rec_bytes;
+    uint64_t seq;
+    memcpy(&seq, r, 8);
+    seq++;
+    __atomic_store_n((uint64_t *)r, seq, __ATOMIC_RELEASE);
+    memcpy(r + 8, &start, 8);
+    if (mlen > m->method_bytes) mlen = m->method_bytes;
+    memset(r + 16, 0, (size_t)m->method_bytes);
+    memcpy(r + 16, method, (size_t)mlen);
+    Py_ssize_t room = m->rec_bytes - m->path_at;
+    if (plen > room) plen = room;
+    uint16_t pl = (uint16_t)plen;
+    memcpy(r + 32, &pl, 2);
+    memcpy(r + m->path_at, path, (size_t)plen);
+    __atomic_store_n((uint64_t *)r, seq + 1, __ATOMIC_RELEASE);
+}
+
+static void meter_end(Meter *m, Py_ssize_t rec) {
+    if (rec < 0 || rec >= m->nrec) return;
+    unsigned char *r = m->b + m->rec_at + rec * m->rec_bytes;
+    uint64_t seq, zero = 0;
+    memcpy(&seq, r, 8);
+    __atomic_store_n((uint64_t *)r, seq + 1, __ATOMIC_RELEASE);
+    memcpy(r + 8, &zero, 8);
+    __atomic_store_n((uint64_t *)r, seq + 2, __ATOMIC_RELEASE);
+}
+
+static PyTypeObject Meter_Type;
+
+/* Meter(region, slot, layout): layout = (slot_bytes, requests, duration_buckets,
+ * duration_sum, request_bytes, response_bytes, words, records_at, record_bytes, records,
+ * methods, status_classes, method_bytes, path_at, bucket bounds in ns (tuple)). */
+static PyObject *meter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *region, *layout;
+    Py_ssize_t slot;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "Meter(region, slot, layout)");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OnO!:Meter", &region, &slot, &PyTuple_Type, &layout)) return NULL;
+    if (PyTuple_GET_SIZE(layout) != 15 || !PyTuple_Check(PyTuple_GET_ITEM(layout, 14))) {
+        PyErr_SetString(PyExc_ValueError, "Meter(): bad layout");
+        return NULL;
+    }
+    Py_ssize_t v[14];
+    for (int i = 0; i < 14; i++) {
+        v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, i));
+        if (v[i] < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "Meter(): bad layout");
+            return NULL;
+        }
+    }
+    PyObject *bounds = PyTuple_GET_ITEM(layout, 14);
+    Py_ssize_t nbounds = PyTuple_GET_SIZE(bounds);
+    if (nbounds + 1 > METER_MAX_BUCKETS || v[6] * 8 > v[7] || v[13] >= v[8] || v[12] + 16 > v[13] ||
+        v[7] + v[9] * v[8] > v[0]) {
+        PyErr_SetString(PyExc_ValueError, "Meter(): bad layout");
+        return NULL;
+    }
+    Meter *self = (Meter *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    if (PyObject_GetBuffer(region, &self->view, PyBUF_WRITABLE) < 0) {
+        self->view.obj = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (slot < 0 || (slot + 1) * v[0] > self->view.len) {
+        PyErr_SetString(PyExc_ValueError, "Meter(): slot out of the region");
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->b = (unsigned char *)self->view.buf + slot * v[0];
+    if (((uintptr_t)self->b) % 8) {
+        PyErr_SetString(PyExc_ValueError, "Meter(): unaligned slot");
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->w = (uint64_t *)self->b;
+    self->o_req = v[1];
+    self->o_bucket = v[2];
+    self->o_sum = v[3];
+    self->o_in = v[4];
+    self->o_out = v[5];
+    self->nwords = v[6];
+    self->rec_at = v[7];
+    self->rec_bytes = v[8];
+    self->nrec = v[9];
+    self->nm = v[10];
+    self->ns = v[11];
+    self->method_bytes = v[12];
+    self->path_at = v[13];
+    self->nb = nbounds + 1;
+    for (Py_ssize_t i = 0; i < nbounds; i++) {
+        unsigned long long b = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(bounds, i));
+        if (b == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->bounds[i] = b;
+    }
+    return (PyObject *)self;
+}
+
+static void meter_dealloc(PyObject *op) {
+    Meter *self = (Meter *)op;
+    if (self->view.obj != NULL) PyBuffer_Release(&self->view);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static int args_u64(PyObject *const *args, Py_ssize_t n, uint64_t *out) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long v = PyLong_AsUnsignedLongLong(args[i]);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        out[i] = v;
+    }
+    return 0;
+}
+
+/* request(protocol, method, status, duration_ns, bytes_in, bytes_out) */
+static PyObject *meter_request_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+    Meter *m = (Meter *)op;
+    uint64_t v[6];
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "request(protocol, method, status, duration_ns, bytes_in, bytes_out)");
+        return NULL;
+    }
+    long long dur = PyLong_AsLongLong(args[3]);
+    if (dur == -1 && PyErr_Occurred()) return NULL;
+    if (args_u64(args, 3, v) < 0 || args_u64(args + 4, 2, v + 4) < 0) return NULL;
+    v[3] = dur < 0 ? 0 : (uint64_t)dur; /* one monotonic clock: never below 0, but never trusted */
+    if (v[0] >= 3 || (Py_ssize_t)v[1] >= m->nm) {
+        PyErr_SetString(PyExc_ValueError, "request(): protocol or method out of range");
+        return NULL;
+    }
+    meter_request(m, (Py_ssize_t)v[0], (Py_ssize_t)v[1], v[2] >= 600 ? 0 : (long)v[2], v[3], v[4], v[5]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *meter_count_method(PyObject *op, PyObject *arg) {
+    Meter *m = (Meter *)op;
+    Py_ssize_t word = PyLong_AsSsize_t(arg);
+    if (word == -1 && PyErr_Occurred()) return NULL;
+    if (word < 0 || word >= m->nwords) {
+        PyErr_SetString(PyExc_ValueError, "count(): no such word");
+        return NULL;
+    }
+    m->w[word]++;
+    Py_RETURN_NONE;
+}
+
+/* gauges(active, idle, busy, waiting): the four words after the counters. */
+static PyObject *meter_gauges_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+    Meter *m = (Meter *)op;
+    uint64_t v[4];
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "gauges(active, idle, busy, waiting)");
+        return NULL;
+    }
+    if (args_u64(args, 4, v) < 0) return NULL;
+    memcpy(m->w + m->nwords - 4, v, sizeof v);
+    Py_RETURN_NONE;
+}
+
+/* begin(record, method: bytes, path: bytes, start_ns) */
+static PyObject *meter_begin_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+    Meter *m = (Meter *)op;
+    if (nargs != 4 || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "begin(record, method: bytes, path: bytes, start_ns)");
+        return NULL;
+    }
+    Py_ssize_t rec = PyLong_AsSsize_t(args[0]);
+    if (rec == -1 && PyErr_Occurred()) return NULL;
+    uint64_t start;
+    if (args_u64(args + 3, 1, &start) < 0) return NULL;
+    meter_begin(m, rec, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]), PyBytes_AS_STRING(args[2]),
+                PyBytes_GET_SIZE(args[2]), start);
+    Py_RETURN_NONE;
+}
+
+static PyObject *meter_end_method(PyObject *op, PyObject *arg) {
+    Py_ssize_t rec = PyLong_AsSsize_t(arg);
+    if (rec == -1 && PyErr_Occurred()) return NULL;
+    meter_end((Meter *)op, rec);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef meter_methods[] = {
+    {"request", (PyCFunction)(void (*)(void))meter_request_method, METH_FASTCALL,
+     "request(protocol, method, status, duration_ns, bytes_in, bytes_out)"},
+    {"count", meter_count_method, METH_O, "count(word): one more"},
+    {"gauges", (PyCFunction)(void (*)(void))meter_gauges_method, METH_FASTCALL, "gauges(active, idle, busy, waiting)"},
+    {"begin", (PyCFunction)(void (*)(void))meter_begin_method, METH_FASTCALL, "begin(record, method, path, start_ns)"},
+    {"end", meter_end_method, METH_O, "end(record)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Meter_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rapidwsgi._cfast.Meter",
+    .tp_basicsize = sizeof(Meter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = meter_new,
+    .tp_dealloc = meter_dealloc,
+    .tp_methods = meter_methods,
+};
 
 /* The raised exception (new reference, traceback attached) and clear it; NULL if none. */
 static PyObject *take_exception(void) {
@@ -905,6 +1160,7 @@ typedef struct {
     PyObject *static_prefixes; /* --static: tuples of str (StaticFiles.prefixes, .bares) */
     PyObject *static_bares;    /* or NULL without mounts */
     PyObject *static_quick;    /* StaticFiles.quick (or NULL): the cached common answers */
+    Meter *meter;              /* --metrics-bind / --statsd-host: this worker's slot, or NULL */
     Limits limits;
 } Fast;
 
@@ -981,6 +1237,7 @@ static int fast_traverse(PyObject *op, visitproc visit, void *arg) {
     Py_VISIT(self->static_prefixes);
     Py_VISIT(self->static_bares);
     Py_VISIT(self->static_quick);
+    Py_VISIT(self->meter);
     return 0;
 }
 
@@ -998,6 +1255,7 @@ static int fast_clear(PyObject *op) {
     Py_CLEAR(self->static_prefixes);
     Py_CLEAR(self->static_bares);
     Py_CLEAR(self->static_quick);
+    Py_CLEAR(self->meter);
     return 0;
 }
 
@@ -1010,17 +1268,17 @@ static void fast_dealloc(PyObject *op) {
 static PyTypeObject Fast_Type;
 
 /* Fast(conn, ctx, app, base, write, loop, base_context, on_done, max_line, max_fields,
- * max_field_size, static_prefixes, static_bares, static_quick), by position: one per
+ * max_field_size, static_prefixes, static_bares, static_quick, meter), by position: one per
  * connection, so without argument parsing. */
 static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL || nargs != 14 || !PyDict_Check(args[3]) ||
+    if (kwnames != NULL || nargs != 15 || !(args[14] == Py_None || Py_IS_TYPE(args[14], &Meter_Type)) || !PyDict_Check(args[3]) ||
         !(args[11] == Py_None || PyTuple_CheckExact(args[11])) ||
         !(args[12] == Py_None || PyTuple_CheckExact(args[12]))) {
         PyErr_SetString(PyExc_TypeError,
                         "Fast(conn, ctx, app, base: dict, write, loop, base_context, on_done, max_line, max_fields, "
                         "max_field_size, static_prefixes: tuple | None, static_bares: tuple | None, "
-                        "static_quick)");
+                        "static_quick, meter: Meter | None)");
         return NULL;
     }
     for (int t = 11; t <= 12; t++) {
@@ -1055,6 +1313,7 @@ static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t n
     self->static_prefixes = args[11] == Py_None ? NULL : Py_NewRef(args[11]);
     self->static_bares = args[12] == Py_None ? NULL : Py_NewRef(args[12]);
     self->static_quick = args[13] == Py_None ? NULL : Py_NewRef(args[13]);
+    self->meter = args[14] == Py_None ? NULL : (Meter *)Py_NewRef(args[14]);
     self->limits.max_line = lim[0];
     self->limits.max_fields = lim[1];
     self->limits.max_field_size = lim[2];
@@ -1076,7 +1335,9 @@ enum { DONE_KEEP, DONE_CLOSE, HANDED };
 /* Serialise and write the response of a list/tuple result, as connection.send_head
  * with protocols/base.py framing would. Returns DONE_KEEP / DONE_CLOSE, HANDED when the
  * Python exchange must decide (length mismatch, non-bytes items), -1 on error. */
-static int respond(Fast *fast, const Head *h, PyObject *st, PyObject *hp, PyObject *result, PyObject *date_server) {
+/* ... *sent: the status and the body bytes written, for the meter. */
+static int respond(Fast *fast, const Head *h, PyObject *st, PyObject *hp, PyObject *result, PyObject *date_server,
+                   long *status_out, Py_ssize_t *sent) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(result);
     PyObject **items = PySequence_Fast_ITEMS(result);
     Py_ssize_t body_len = 0;
@@ -1175,6 +1436,8 @@ static int respond(Fast *fast, const Head *h, PyObject *st, PyObject *hp, PyObje
         if (r == NULL) return -1;
         Py_DECREF(r);
     }
+    *status_out = status;
+    *sent = wire_body;
     return keep ? DONE_KEEP : DONE_CLOSE;
 }
 
@@ -1226,9 +1489,14 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
     Py_INCREF(data);
     PyObject *conn = Py_NewRef(self->conn);
     PyObject *ret = NULL;
+    Meter *meter = self->meter;
     while (off < len) {
         Py_ssize_t n = parse_one(buf + off, len - off, &self->limits, &head);
         if (n == 0) break; /* declined: the reference parser takes it from here */
+        /* The meter's clock starts once the head is in (as HTTPConnection._begin_exchange). */
+        uint64_t t0 = meter != NULL ? now_ns() : 0;
+        long status = 0;
+        Py_ssize_t sent = 0;
         PyObject *env = build_environ(self->base, &head);
         if (env == NULL) goto error;
         off += n;
@@ -1281,7 +1549,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                     PyObject *stopping = PyObject_GetAttr(self->ctx, s_shutting_down);
                     int stop = stopping == NULL ? -1 : PyObject_IsTrue(stopping);
                     Py_XDECREF(stopping);
-                    outcome = stop < 0 ? -1 : stop ? HANDED : respond(self, &head, st, hp, body, date_server);
+                    outcome = stop < 0 ? -1 : stop ? HANDED : respond(self, &head, st, hp, body, date_server, &status, &sent);
                 }
             }
             Py_DECREF(q);
@@ -1291,6 +1559,8 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
             }
             if (outcome != HANDED) {
                 Py_DECREF(env);
+                if (meter != NULL)
+                    meter_request(meter, 0, meter_method[head.method], status, now_ns() - t0, 0, (uint64_t)sent);
                 if (outcome == DONE_CLOSE) {
                     PyObject *r = PyObject_CallMethodNoArgs(conn, s_c_closed);
                     if (r == NULL) goto error;
@@ -1357,6 +1627,11 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
             Py_XDECREF(r);
             goto app_error;
         }
+        if (meter != NULL) {
+            Py_ssize_t pl = head.path_len;
+            meter_begin(meter, 0, method_names[head.method], (Py_ssize_t)strlen(method_names[head.method]),
+                        head.target, pl, t0);
+        }
         PyObject *callargs[2] = {env, (PyObject *)sr};
         result = PyObject_Vectorcall(self->app, callargs, 2, NULL);
         /* Leave the context and restore the loop without losing the app's exception. */
@@ -1389,7 +1664,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 Py_DECREF(result);
                 goto app_error;
             }
-            if (!stop) outcome = respond(self, &head, sr->st, sr->hp, result, date_server);
+            if (!stop) outcome = respond(self, &head, sr->st, sr->hp, result, date_server, &status, &sent);
             if (outcome < 0) {
                 Py_DECREF(result);
                 goto app_error;
@@ -1425,6 +1700,10 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
         Py_DECREF(result);
         Py_DECREF(context);
         Py_DECREF(env);
+        if (meter != NULL) {
+            meter_end(meter, 0);
+            meter_request(meter, 0, meter_method[head.method], status, now_ns() - t0, 0, (uint64_t)sent);
+        }
         if (outcome == DONE_CLOSE) {
             /* conn._c_closed(): the wire must close after this response. */
             r = PyObject_CallMethodNoArgs(conn, s_c_closed);
@@ -1441,6 +1720,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
         if (self->conn == NULL) break; /* cleared while the application ran */
         continue;
     app_error:
+        if (meter != NULL) meter_end(meter, 0);
         sr->head = NULL;
         sr->environ = sr->context = sr->date_server = NULL;
         Py_DECREF(sr);
@@ -1616,11 +1896,13 @@ PyMODINIT_FUNC PyInit__cfast(void) {
         INTERN(method_str[i], method_names[i]);
         if ((method_bytes[i] = PyBytes_FromString(method_names[i])) == NULL) return NULL;
     }
-    if (PyType_Ready(&Writer_Type) < 0 || PyType_Ready(&StartResponse_Type) < 0 || PyType_Ready(&Fast_Type) < 0)
+    if (PyType_Ready(&Writer_Type) < 0 || PyType_Ready(&StartResponse_Type) < 0 || PyType_Ready(&Fast_Type) < 0 ||
+        PyType_Ready(&Meter_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Fast", (PyObject *)&Fast_Type) < 0) {
+    if (PyModule_AddObjectRef(m, "Fast", (PyObject *)&Fast_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Meter", (PyObject *)&Meter_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -50,6 +50,9 @@ class Sink(Protocol):
 
     def send_error(self, status: int) -> None: ...
 
+    def app_failed(self) -> None:
+        """The application raised (counted: metrics.APP_EXCEPTIONS); from any thread."""
+
     def abort(self) -> None: ...
 
     def writable(self) -> bool: ...
@@ -323,6 +326,7 @@ class Exchange:
             error_log.debug("client disconnected during %s", self.environ.get("RAW_URI"))
             self.sink.abort()
         elif not self.head_sent:
+            self.sink.app_failed()
             error_log.error(
                 "Error handling request %s %s",
                 self.environ.get("REQUEST_METHOD"),
@@ -332,6 +336,7 @@ class Exchange:
             self.head_sent = True
             self.sink.send_error(500)
         else:
+            self.sink.app_failed()
             error_log.error(
                 "Error after the response to %s %s started; connection aborted",
                 self.environ.get("REQUEST_METHOD"),

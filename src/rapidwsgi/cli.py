@@ -28,6 +28,11 @@ from .tls import load_at_start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["stats"]:
+        from .stats import main as stats_main
+
+        return stats_main(args[1:])
     try:
         config = Config.load(argv)
     except ConfigError as exc:
@@ -60,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     try:
         sockets, created = open_sockets(config)
+        metrics_socket = None
+        if config.metrics_bind:
+            # Bound with the others, before --user: a port below 1024 works as for --bind.
+            address = parse_address(config.metrics_bind)
+            metrics_socket = bind(address, 64, 0o077)
+            if address.kind == "unix":
+                created.append(address.path)
     except BindError as exc:
         error_log.error("%s", exc)
         return ExitCode.BIND
@@ -76,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE
-    return Master(config, sockets, unlink_at_exit=created).run()
+    return Master(config, sockets, unlink_at_exit=created, metrics_socket=metrics_socket).run()
 
 
 #: Never ask for more descriptors than this, even when the hard limit is unlimited.

@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from . import __version__
-from .errors import ConfigError
+from .errors import BindError, ConfigError
 from .forwarded import DEFAULT_HEADERS, PROXY_HEADERS, validate_spec
+from .sockets import parse_address
 from .static import validate_mounts
 
 ENV_PREFIX: Final = "RAPIDWSGI_"
@@ -112,6 +113,26 @@ def _positive(value: float) -> str | None:
 
 def _bind_list(value: list[str]) -> str | None:
     return None if value else "at least one address is required"
+
+
+def _metrics_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        address = parse_address(value)
+    except BindError as exc:
+        return str(exc)
+    return "expected HOST:PORT or unix:PATH" if address.kind == "fd" else None
+
+
+def _statsd_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        address = parse_address(value)
+    except BindError as exc:
+        return str(exc)
+    return None if address.kind == "tcp" and address.port else "expected HOST:PORT (UDP)"
 
 
 def _umask(value: int) -> str | None:
@@ -447,6 +468,30 @@ class Config:
         True,
         help="Send a Date header (cached per second) unless the application sets one.",
         section="HTTP",
+    )
+    metrics_bind: str | None = setting(
+        None,
+        help="Serve metrics from the master at ADDRESS (HOST:PORT or unix:PATH), never on the application's "
+        "listeners: GET /metrics is the Prometheus text format (OpenMetrics when the scraper asks), "
+        "/metrics?format=json the live per-worker view that `rapidwsgi stats` shows. Counters are "
+        "kept across all workers, including dead and replaced ones. Off by default. "
+        "See docs/observability.md.",
+        section="Metrics",
+        metavar="ADDRESS",
+        validate=_metrics_address,
+    )
+    statsd_host: str | None = setting(
+        None,
+        help="Send the same metrics to a statsd daemon at HOST:PORT over UDP, from the master, every second "
+        "(counters as deltas, gauges as values). Off by default.",
+        section="Metrics",
+        metavar="HOST:PORT",
+        validate=_statsd_address,
+    )
+    statsd_prefix: str = setting(
+        "rapidwsgi",
+        help="The prefix of every statsd metric name (dot-separated).",
+        section="Metrics",
     )
     static: list[str] = setting(
         help="Serve the files under DIRECTORY at URL_PREFIX (e.g. /static/=/srv/app/static) from the "

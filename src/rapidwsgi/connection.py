@@ -58,11 +58,13 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from time import monotonic
 from typing import IO, Any, Final, cast
 
+from . import metrics
 from .bridge import Exchange
 from .errors import AppError, ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
 from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Reply, Request, Response
 from .forwarded import ForwardingPolicy, TrustedPeers
 from .log import AccessLog, AccessRecord, Clock, error_log
+from .metrics import Meter
 from .protocols._state import DONE, ERROR, IDLE, MUST_CLOSE, SEND_BODY
 from .protocols.base import Limits, ServerConnection
 from .protocols.http1 import H1Connection
@@ -158,8 +160,16 @@ class ServerContext:
         proxy_protocol: bool = False,
         c_path: bool | None = None,
         static: StaticFiles | None = None,
+        meter: Meter | None = None,
+        threads: int = 1,
     ) -> None:
         self.app = app
+        #: This worker's slot in the master's metrics (metrics.py), or None.
+        self.meter = meter
+        self.threads = threads
+        #: Each application thread's record in the meter (1..): see _thread_record.
+        self._records = threading.local()
+        self._next_record = 1
         #: ``--static`` mounts: answered by the server, on the loop thread, never the app.
         self.static = static
         self.loop = loop
@@ -186,6 +196,14 @@ class ServerContext:
         self.base_context = contextvars.copy_context()
         #: Plain HTTP/1.1 connections run their common requests in C (``_cfast.c``).
         self.c_path = C_PATH_DEFAULT if c_path is None else (c_path and C_PATH_AVAILABLE)
+        #: The meter the C path writes itself; a pure-Python meter turns the C path off
+        #: (every request is counted, by the Python path).
+        self.c_meter: Any = None
+        if self.c_path and meter is not None:
+            if isinstance(meter, _cfast.Meter):
+                self.c_meter = meter
+            else:
+                self.c_path = False
         self.connections: set[HTTPConnection] = set()
         self.shutting_down = False
         #: When a graceful stop gives up waiting (set by ``shutdown``).
@@ -209,11 +227,27 @@ class ServerContext:
         self.executor.submit(self._thread_main, exchange)
 
     def _thread_main(self, exchange: Exchange) -> None:
+        meter = self.meter
+        record = self._thread_record() if meter is not None else -1
         try:
+            if meter is not None:
+                _begin_record(meter, record, exchange.environ)
             exchange.context.run(exchange.run_blocking)
         finally:
+            if meter is not None:
+                meter.end(record)
             with self._busy_lock:
                 self.threads_busy -= 1
+
+    def _thread_record(self) -> int:
+        """This application thread's record in the meter (the loop thread has 0)."""
+        record: int | None = getattr(self._records, "index", None)
+        if record is None:
+            with self._busy_lock:
+                record = self._next_record
+                self._next_record += 1
+            self._records.index = record
+        return record
 
     @property
     def helper_gate(self) -> Any:
@@ -251,10 +285,16 @@ class ServerContext:
                 self.gated -= 1
 
     def _helper_main(self, exchange: Exchange) -> None:
+        meter = self.meter
+        record = self._thread_record() if meter is not None else -1
         try:
             with self.gate:
+                if meter is not None:
+                    _begin_record(meter, record, exchange.environ)
                 exchange.context.run(exchange.run_blocking)
         finally:
+            if meter is not None:
+                meter.end(record)
             with self._busy_lock:
                 self.threads_busy -= 1
                 self.gated -= 1
@@ -268,6 +308,17 @@ class ServerContext:
         """Refresh the clock and enforce timeouts; called once per second."""
         self.clock.update()
         self.check_timeouts(self.clock.now)
+        if self.meter is not None:
+            self.update_gauges()
+
+    def update_gauges(self) -> None:
+        """The meter's gauges, sampled (metrics.py rule 4): ``threads_busy`` counts the
+        exchanges submitted to the pool, running or queued."""
+        assert self.meter is not None
+        idle = sum(1 for conn in self.connections if conn.idle)
+        submitted = self.threads_busy
+        running = min(submitted, self.threads) if self.executor is not None else submitted
+        self.meter.gauges(len(self.connections), idle, running, submitted - running)
 
     def check_timeouts(self, now: float) -> None:
         for conn in list(self.connections):
@@ -283,6 +334,17 @@ class ServerContext:
         self.drain_deadline = drain_deadline
         for conn in list(self.connections):
             conn.begin_shutdown()
+
+
+def _begin_record(meter: Meter, record: int, environ: Environ) -> None:
+    """Show ``environ``'s request as running on ``record``'s thread (metrics.py rule 5)."""
+    path = str(environ.get("RAW_URI", "")).split("?", 1)[0]
+    meter.begin(
+        record,
+        str(environ.get("REQUEST_METHOD", "")).encode("latin-1", "replace"),
+        path.encode("latin-1", "replace"),
+        time.monotonic_ns(),
+    )
 
 
 #: Spare room in an environ template for the request's own keys (its header fields).
@@ -385,6 +447,9 @@ class HTTPConnection:
         self._environ: Environ | None = None
         self._sent = 0
         self._started = 0.0
+        self._body_in = 0  # request body bytes received (the meter)
+        self._record = -1  # the meter record this connection's inline request shows
+        self._proto = self.wire.METRICS_PROTOCOL
         # sendfile state
         self._sf_active = False
         self._sf_fd = -1
@@ -434,6 +499,7 @@ class HTTPConnection:
                 None if ctx.static is None else ctx.static.prefixes,
                 None if ctx.static is None else ctx.static.bares,
                 None if ctx.static is None else ctx.static.quick,
+                ctx.c_meter,
             )
 
     def data_received(self, data: bytes) -> None:
@@ -591,6 +657,7 @@ class HTTPConnection:
     def _on_request(self, request: Request) -> None:
         self._request = request
         self._dispatched = False
+        self._body_in = 0
         if request.has_body:
             self._chunks = []
             self._phase = _BODY
@@ -607,6 +674,7 @@ class HTTPConnection:
                 self._close_after_response()
             return
         self._deadline = monotonic() + self.ctx.body_timeout
+        self._body_in += len(data)
         if self._stream is not None:
             if self._stream.feed(data):
                 self._pause_reading()
@@ -705,6 +773,9 @@ class HTTPConnection:
             exchange.resume()
         elif not on_thread:
             exchange = self._inline_exchange(environ, head_request, None)
+            if ctx.meter is not None:
+                self._record = 0
+                _begin_record(ctx.meter, 0, environ)
             self._run_inline(exchange, exchange.start)
         else:
             gate = ctx.helper_gate
@@ -736,7 +807,7 @@ class HTTPConnection:
             self._phase = _APP
             self._deadline = INF
         self._sent = 0
-        if ctx.access_log is not None:
+        if ctx.access_log is not None or ctx.meter is not None:
             self._started = time.monotonic()
 
     def _inline_exchange(self, environ: Environ, head_request: bool, context: Any) -> Exchange:
@@ -773,6 +844,7 @@ class HTTPConnection:
         self.wire.adopt_request(request)
         self._request = request
         self._chunks = None
+        self._body_in = 0
         self._dispatch(EMPTY_INPUT, self.ctx.executor is not None, environ)
 
     def _c_exchange(
@@ -784,7 +856,9 @@ class HTTPConnection:
         self.wire.adopt_request(request)
         self._request = request
         self._chunks = None
+        self._body_in = 0
         self._begin_exchange(environ)
+        self._record = 0  # begun by the C path
         exchange = self._inline_exchange(environ, request.method == b"HEAD", context)
         exchange.response = response
         return exchange
@@ -929,7 +1003,7 @@ class HTTPConnection:
             # An inline exchange paused on a slow client: stop it (its close() runs).
             self._run_inline(exchange, exchange.disconnect)
         self.wire.send_failed()
-        self._log_access()
+        self._log_access(aborted=True)
         if self._sf_active:
             self._sf_cleanup()
         if self.transport is not None and not self._lost:
@@ -956,8 +1030,30 @@ class HTTPConnection:
 
     # ------------------------------------------------------------ after a response
 
-    def _log_access(self) -> None:
+    def app_failed(self) -> None:
+        """The application raised (bridge.Exchange._fail); from any thread."""
+        if self.ctx.meter is not None:
+            self.ctx.meter.count(metrics.APP_EXCEPTIONS)
+
+    def _log_access(self, aborted: bool = False) -> None:
+        """The exchange is over (answered, or ``aborted``): access log and meter."""
         ctx = self.ctx
+        meter = ctx.meter
+        if meter is not None and self._environ is not None:
+            if self._record >= 0:
+                meter.end(self._record)
+                self._record = -1
+            response = self._response
+            meter.request(
+                self._proto,
+                metrics.method_index(self._environ.get("REQUEST_METHOD", "")),
+                response.status if response is not None else 0,
+                int((time.monotonic() - self._started) * 1e9),
+                self._body_in,
+                self._sent,
+            )
+            if aborted:
+                meter.count(metrics.ABORTED)
         if ctx.access_log is not None and self._environ is not None:
             response = self._response
             ctx.access_log.log(
@@ -1140,6 +1236,9 @@ class HTTPConnection:
     # ------------------------------------------------------------ errors and timeouts
 
     def _on_protocol_error(self, exc: RemoteProtocolError) -> None:
+        meter = self.ctx.meter
+        if meter is not None and exc.status in metrics.PARSE_STATUSES:
+            meter.count(metrics.PARSE_ERRORS + metrics.PARSE_STATUSES.index(exc.status))
         environ = self._environ_base
         error_log.info(
             "Bad request from %s: %s (%d)", environ.get("REMOTE_ADDR") or "unix", exc.reason, exc.status
@@ -1170,6 +1269,7 @@ class HTTPConnection:
     def check_timeout(self, now: float) -> None:
         if now >= self._write_deadline:
             error_log.debug("client stopped reading the response; connection dropped")
+            self._count_timeout("send")
             self.abort()
             return
         if now < self._deadline:
@@ -1183,16 +1283,28 @@ class HTTPConnection:
                 # (a gateway such as mod_proxy_fcgi does not retry it); it is read next.
                 self._deadline = now + 1.0
                 return
+            self._count_timeout("keepalive")
             self._close_after_response()  # lingering: a request racing the close is not reset
         elif phase == _LINGER:
             self._close_transport()
         elif phase == _HEAD:
+            self._count_timeout("header")
             self._reply_error(RequestTimeout("request head not received in time"))
         elif phase == _BODY:
             if self._draining:
                 self._close_transport()
             else:
+                self._count_timeout("body")
                 self._reply_error(RequestTimeout("request body not received in time"))
+
+    def _count_timeout(self, phase: str) -> None:
+        if self.ctx.meter is not None:
+            self.ctx.meter.count(metrics.TIMEOUTS + metrics.TIMEOUT_PHASES.index(phase))
+
+    @property
+    def idle(self) -> bool:
+        """Between requests of a keep-alive connection (the gauge)."""
+        return self._phase == _IDLE and not self._lingering
 
     def begin_shutdown(self) -> None:
         """Graceful shutdown: close after the current response, or when idle too long.
@@ -1363,6 +1475,9 @@ class ThreadedSink:
 
     def finish(self) -> None:
         self._call(self._deliver, self._conn.finish, 0)
+
+    def app_failed(self) -> None:
+        self._conn.app_failed()  # a counter: safe from this thread
 
     def send_error(self, status: int) -> None:
         self._call(self._deliver, self._conn.send_error, 0, status)

@@ -54,8 +54,10 @@ from typing import Final, NoReturn
 from . import __version__
 from .config import Config
 from .errors import AppLoadError, ExitCode
+from .exporter import Exporter
 from .loader import load_app
 from .log import error_log, errors_stream, reopen_error_log
+from .metrics import Slots
 from .reloader import Reloader
 from .sockets import describe
 from .worker import Supervision, Worker
@@ -89,10 +91,14 @@ _PR_SET_CHILD_SUBREAPER: Final = 36
 class WorkerProcess:
     """The master's record of one worker."""
 
-    def __init__(self, pid: int, generation: int, fd: int, now: float) -> None:
+    def __init__(self, pid: int, generation: int, fd: int, now: float, slot: int = -1) -> None:
         self.pid = pid
         self.generation = generation
         self.fd = fd
+        #: Its slot in the metrics region (metrics.py), -1 without metrics.
+        self.slot = slot
+        #: Why the master stopped it (a restart cause in the metrics).
+        self.stop_cause = ""
         self.spawned = now
         self.last_beat = now
         self.ready_at: float | None = None
@@ -108,6 +114,14 @@ class WorkerProcess:
     def stopping(self) -> bool:
         return self.stop_sent is not None
 
+    @property
+    def state(self) -> str:
+        if self.stopping:
+            return "stopping"
+        if not self.ready:
+            return "booting"
+        return "retiring" if self.retiring else "serving"
+
 
 class Zygote:
     """A preloaded copy of the application that forks workers on request."""
@@ -122,17 +136,24 @@ class Zygote:
         #: Spawn requests it has not answered yet: request number -> the read end of
         #: the new worker's pipe (the worker holds the write end).
         self.spawns: dict[int, int] = {}
+        #: The metrics slot reserved for each of those spawns.
+        self.spawn_slots: dict[int, int] = {}
 
 
 class Master:
     """Supervises the workers (see the module docstring)."""
 
     def __init__(
-        self, config: Config, sockets: list[socket.socket], unlink_at_exit: Sequence[str] = ()
+        self,
+        config: Config,
+        sockets: list[socket.socket],
+        unlink_at_exit: Sequence[str] = (),
+        metrics_socket: socket.socket | None = None,
     ) -> None:
         """``unlink_at_exit``: the unix socket files this process created (bound), which
         it removes when it exits; sockets it adopted (systemd, ``fd://``) belong to
-        whoever created them and are left in place."""
+        whoever created them and are left in place. ``metrics_socket``: the bound
+        ``--metrics-bind`` listener."""
         self.config = config
         self.sockets = sockets
         self.num_workers = config.workers or os.cpu_count() or 1
@@ -164,6 +185,25 @@ class Master:
         self._wake_r, self._wake_w = os.pipe()
         self.reloader = Reloader(config) if config.reload else None
         self._next_reload_check = 0.0
+        self.started = time.monotonic()
+        #: Workers replaced, by cause, and reloads by outcome (the metrics).
+        self.restarts: dict[str, int] = {}
+        self.reloads: dict[str, int] = {}
+        self.slots: Slots | None = None
+        self.exporter: Exporter | None = None
+        if config.metrics_bind or config.statsd_host:
+            self.slots = Slots()
+            self.exporter = Exporter(
+                self, self.slots, metrics_socket, config.statsd_host, config.statsd_prefix
+            )
+
+    @property
+    def worker_views(self) -> list[WorkerProcess]:
+        return list(self.workers.values())
+
+    @property
+    def listener_protocols(self) -> list[str]:
+        return [self.config.protocol_for(i) for i in range(len(self.sockets))]
 
     # ------------------------------------------------------------------ main loop
 
@@ -179,6 +219,8 @@ class Master:
         error_log.info("Starting rapidwsgi %s (master %d)", __version__, self.pid)
         for index, sock in enumerate(self.sockets):
             error_log.info("Listening at: %s (%d)", describe(sock, self.config.tls_for(index)), self.pid)
+        if self.exporter is not None and self.exporter.listener is not None:
+            error_log.info("Metrics at: %s (%d)", describe(self.exporter.listener), self.pid)
         error_log.info(
             "Using %d worker%s%s",
             self.num_workers,
@@ -201,6 +243,8 @@ class Master:
                 self._reap()
                 self._check_reloader()
                 self._watchdog()
+                if self.exporter is not None:
+                    self.exporter.tick(time.monotonic())
                 if not self.stopping:
                     self._manage()
                 elif time.monotonic() > self.stop_deadline:
@@ -221,6 +265,10 @@ class Master:
         poller = select.poll()
         for fd in fds:
             poller.register(fd, select.POLLIN)
+        exporter = self.exporter
+        if exporter is not None:
+            for fd, mask in exporter.poll_fds():
+                poller.register(fd, mask)
         try:
             events = poller.poll(POLL_INTERVAL * 1000)
         except InterruptedError:
@@ -235,6 +283,8 @@ class Master:
                 self._read_worker(by_fd[fd], now)
             elif fd in by_sock:
                 self._read_zygote(by_sock[fd])
+            elif exporter is not None:
+                exporter.handle(fd)
 
     def _dispatch_signals(self) -> None:
         while self._signals:
@@ -355,11 +405,11 @@ class Master:
         ready = [w for w in active if w.ready]
         for worker in current:
             if worker.retiring and len(ready) >= self.num_workers:
-                self._stop_worker(worker, "served its --max-requests")
+                self._stop_worker(worker, "served its --max-requests", "max_requests")
         # SIGTTOU: stop the oldest extra workers.
         if len(active) > self.num_workers:
             for worker in sorted(active, key=lambda w: w.spawned)[: len(active) - self.num_workers]:
-                self._stop_worker(worker, "fewer workers wanted")
+                self._stop_worker(worker, "fewer workers wanted", "scale_down")
 
     def _advance_reload(self, now: float) -> None:
         generation = self.pending
@@ -378,9 +428,10 @@ class Master:
         self.generation = generation
         self.pending = None
         error_log.info("Worker generation %d serving; stopping generation %d", generation, old_generation)
+        self.reloads["completed"] = self.reloads.get("completed", 0) + 1
         for worker in list(self.workers.values()):
             if worker.generation < generation and not worker.stopping:
-                self._stop_worker(worker, "reloaded")
+                self._stop_worker(worker, "reloaded", "reload")
         for zygote in list(self.zygotes.values()):
             if zygote.generation < generation:
                 self._stop_zygote(zygote)
@@ -390,11 +441,12 @@ class Master:
             "Reload to generation %d aborted: %s; the running workers keep serving", generation, reason
         )
         self.failed_generations.add(generation)
+        self.reloads["aborted"] = self.reloads.get("aborted", 0) + 1
         if self.pending == generation:
             self.pending = None
         for worker in list(self.workers.values()):
             if worker.generation == generation and not worker.stopping:
-                self._stop_worker(worker, "reload aborted")
+                self._stop_worker(worker, "reload aborted", "reload_aborted")
         for zygote in list(self.zygotes.values()):
             if zygote.generation == generation:
                 self._stop_zygote(zygote)
@@ -408,8 +460,10 @@ class Master:
         """The zygote that forks the workers of ``generation`` (not one told to exit)."""
         return next((z for z in self.zygotes.values() if z.generation == generation and not z.stopping), None)
 
-    def _stop_worker(self, worker: WorkerProcess, why: str) -> None:
+    def _stop_worker(self, worker: WorkerProcess, why: str, cause: str) -> None:
+        """Stop ``worker`` gracefully; ``cause`` is the restart cause it counts as."""
         error_log.info("Stopping worker %d (%s)", worker.pid, why)
+        worker.stop_cause = cause
         worker.stop_sent = time.monotonic()
         _kill(worker.pid, signal.SIGTERM)
 
@@ -429,33 +483,52 @@ class Master:
             # Numbered, so that its reply names the pipe that goes with the worker.
             self._spawn_counter += 1
             request = self._spawn_counter
+            slot = self._acquire_slot()
             read_fd, write_fd = _pipe()
             try:
-                socket.send_fds(zygote.sock, [b"spawn %d %d" % (request, max_requests)], [write_fd])
+                message = b"spawn %d %d %d" % (request, max_requests, slot)
+                socket.send_fds(zygote.sock, [message], [write_fd])
             except OSError as exc:
                 error_log.error("Zygote %d unreachable: %s", zygote.pid, exc)
                 os.close(read_fd)
+                if self.slots is not None:
+                    self.slots.drop(slot)
                 return False
             finally:
                 os.close(write_fd)
             zygote.spawns[request] = read_fd
+            zygote.spawn_slots[request] = slot
             return True
+        slot = self._acquire_slot()
         read_fd, write_fd = _pipe()
         pid = _fork()
         if pid == 0:  # the worker
             try:
                 os.close(read_fd)
                 self._forget_in_child()
-                supervision = Supervision(write_fd, self.pid, self._beat_interval(), max_requests)
+                supervision = Supervision(
+                    write_fd, self.pid, self._beat_interval(), max_requests, self._region(), slot
+                )
                 worker_process(self.config, self.sockets, supervision, None)
             finally:
                 os._exit(1)
         os.close(write_fd)
-        self._adopt(pid, generation, read_fd)
+        self._adopt(pid, generation, read_fd, slot)
         return True
 
-    def _adopt(self, pid: int, generation: int, read_fd: int) -> None:
-        worker = WorkerProcess(pid, generation, read_fd, time.monotonic())
+    def _acquire_slot(self) -> int:
+        if self.slots is None:
+            return -1
+        slot = self.slots.acquire()
+        if slot < 0:
+            error_log.warning("Every metrics slot is taken: the next worker is not counted")
+        return slot
+
+    def _region(self) -> object:
+        return self.slots.region if self.slots is not None else None
+
+    def _adopt(self, pid: int, generation: int, read_fd: int, slot: int = -1) -> None:
+        worker = WorkerProcess(pid, generation, read_fd, time.monotonic(), slot)
         self.workers[pid] = worker
         error_log.info("Booting worker %d (generation %d)", pid, generation)
         code = self._early_exits.pop(pid, None)
@@ -469,7 +542,7 @@ class Master:
         elif generation not in (self.generation, self.pending):
             # Its zygote's generation was superseded or aborted while the fork was
             # under way: never let it serve outdated code unsupervised.
-            self._stop_worker(worker, f"generation {generation} superseded")
+            self._stop_worker(worker, f"generation {generation} superseded", "reload_aborted")
 
     def _beat_interval(self) -> float:
         timeout = self.config.timeout
@@ -486,6 +559,8 @@ class Master:
             zygote.sock.close()
             for fd in zygote.spawns.values():
                 _close_quietly(fd)
+        if self.exporter is not None:
+            self.exporter.forget()
 
     # ------------------------------------------------------------------ zygotes
 
@@ -505,7 +580,9 @@ class Master:
             try:
                 master_end.close()
                 self._forget_in_child()
-                zygote_process(self.config, self.sockets, zygote_end, self.pid, self._beat_interval())
+                zygote_process(
+                    self.config, self.sockets, zygote_end, self.pid, self._beat_interval(), self._region()
+                )
             finally:
                 os._exit(1)
         zygote_end.close()
@@ -532,8 +609,9 @@ class Master:
         elif message.startswith(b"pid "):
             _, request, pid = message.split()
             read_fd = zygote.spawns.pop(int(request), None)
+            slot = zygote.spawn_slots.pop(int(request), -1)
             if read_fd is not None:
-                self._adopt(int(pid), zygote.generation, read_fd)
+                self._adopt(int(pid), zygote.generation, read_fd, slot)
             if not self._spawns_in_flight_anywhere():
                 self._early_exits.clear()
         return True
@@ -548,6 +626,10 @@ class Master:
         for fd in zygote.spawns.values():
             os.close(fd)  # requests it never answered: those workers do not exist
         zygote.spawns.clear()
+        if self.slots is not None:
+            for slot in zygote.spawn_slots.values():
+                self.slots.drop(slot)
+        zygote.spawn_slots.clear()
         if not self._spawns_in_flight_anywhere():
             self._early_exits.clear()
 
@@ -615,14 +697,21 @@ class Master:
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         os.close(worker.fd)
+        if self.slots is not None:
+            # Reaped: nothing writes its slot any more (metrics.py rule 3).
+            self.slots.release(worker.slot)
         reason = _describe_exit(code)
         if worker.stopping or self.stopping:
             error_log.info("Worker %d exited (%s)", worker.pid, reason)
+            if not self.stopping and worker.stop_cause:
+                self._count_restart(worker.stop_cause)
             return
         if worker.abort_sent is not None:
             error_log.error("Worker %d killed by the watchdog (%s)", worker.pid, reason)
+            self._count_restart("watchdog")
         else:
             error_log.error("Worker %d died unexpectedly (%s)", worker.pid, reason)
+            self._count_restart("crash")
         if not worker.ready and worker.generation == self.pending:
             # Whatever killed it (an import error, os._exit() or a crash during the
             # import, the watchdog), the new code does not serve: keep the old workers
@@ -644,6 +733,9 @@ class Master:
                 self.stop(graceful=False, reason="boot failure")
                 return
         self._note_crash()
+
+    def _count_restart(self, cause: str) -> None:
+        self.restarts[cause] = self.restarts.get(cause, 0) + 1
 
     def _load_failed(self, generation: int, who: str, code: int) -> None:
         if generation == self.pending:
@@ -737,6 +829,8 @@ class Master:
         for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        if self.exporter is not None:
+            self.exporter.close()
         if self.reloader is not None:
             self.reloader.close()
 
@@ -765,15 +859,21 @@ def worker_process(
 
 
 def zygote_process(
-    config: Config, sockets: list[socket.socket], sock: socket.socket, master_pid: int, beat: float
+    config: Config,
+    sockets: list[socket.socket],
+    sock: socket.socket,
+    master_pid: int,
+    beat: float,
+    metrics_region: object = None,
 ) -> NoReturn:
     """Import the application once, then fork workers on the master's request.
 
     Each worker is forked through a short-lived intermediate process, so that it is
     orphaned at once and re-parented to the master (the child subreaper), which reaps
     it; the intermediate reports the worker's PID, with the number of the request
-    (``spawn N MAX_REQUESTS`` -> ``pid N PID``). SIGUSR1 reopens the error log, so that
-    the workers forked after a log rotation write to the new file.
+    (``spawn N MAX_REQUESTS SLOT`` -> ``pid N PID``; SLOT: the worker's metrics slot).
+    SIGUSR1 reopens the error log, so that the workers forked after a log rotation
+    write to the new file.
     """
     faulthandler.enable(all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -814,11 +914,11 @@ def zygote_process(
         if not message or message == b"exit":
             _flush_and_exit(0)
         fields = message.split()
-        if len(fields) != 3 or fields[0] != b"spawn" or not fds:
+        if len(fields) != 4 or fields[0] != b"spawn" or not fds:
             for fd in fds:
                 os.close(fd)
             continue
-        request, max_requests = int(fields[1]), int(fields[2])
+        request, max_requests, slot = int(fields[1]), int(fields[2]), int(fields[3])
         if reopen_requested:
             # A rotation came meanwhile: the new worker inherits the reopened log.
             reopen_requested = False
@@ -833,7 +933,8 @@ def zygote_process(
                     for fd in (wake_r, wake_w):
                         _close_quietly(fd)
                     sock.close()
-                    worker_process(config, sockets, Supervision(fds[0], master_pid, beat, max_requests), app)
+                    supervision = Supervision(fds[0], master_pid, beat, max_requests, metrics_region, slot)
+                    worker_process(config, sockets, supervision, app)
                 finally:
                     os._exit(1)
             sock.send(b"pid %d %d" % (request, worker))

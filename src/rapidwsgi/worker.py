@@ -23,13 +23,14 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from . import __version__
 from .config import Config
-from .connection import HTTPConnection, ServerContext
+from .connection import C_PATH_DEFAULT, HTTPConnection, ServerContext
 from .forwarded import ForwardingPolicy, TrustedPeers
 from .log import AccessLog, Clock, error_log, reopen_error_log
+from .metrics import Meter, make_meter
 from .protocols.base import Limits, ServerConnection
 from .protocols.fastcgi import FastCGIConnection
 from .protocols.http1 import H1Connection
@@ -94,11 +95,22 @@ class Supervision:
     BEAT: Final = b"."
     RETIRING: Final = b"Q"
 
-    def __init__(self, notify_fd: int, master_pid: int, beat_interval: float, max_requests: int) -> None:
+    def __init__(
+        self,
+        notify_fd: int,
+        master_pid: int,
+        beat_interval: float,
+        max_requests: int,
+        metrics_region: Any = None,
+        slot: int = -1,
+    ) -> None:
         self.notify_fd = notify_fd
         self.master_pid = master_pid
         self.beat_interval = beat_interval
         self.max_requests = max_requests
+        #: The master's shared metrics region and this worker's slot in it (metrics.py).
+        self.metrics_region = metrics_region
+        self.slot = slot
 
     def send(self, message: bytes) -> None:
         try:
@@ -230,8 +242,14 @@ class Worker:
             if config.threads > 1
             else None
         )
+        supervision = self.supervision
+        meter: Meter | None = None
+        if supervision is not None and supervision.metrics_region is not None and supervision.slot >= 0:
+            meter = make_meter(supervision.metrics_region, supervision.slot, C_PATH_DEFAULT)
         ctx = ServerContext(
             app=self.app,
+            meter=meter,
+            threads=config.threads,
             loop=loop,
             base_environ=base_environ(config, self.errors),
             limits=Limits(

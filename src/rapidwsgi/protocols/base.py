@@ -219,6 +219,8 @@ class ServerConnection:
     #: The peer is a gateway that passes CGI variables (REMOTE_ADDR, HTTPS, ...): its
     #: word on the client is authoritative, and X-Forwarded-* fields are the client's.
     GATEWAY = False
+    #: The index of this front-end in ``metrics.PROTOCOLS`` (the ``protocol`` label).
+    METRICS_PROTOCOL = 0
 
     def send_response(self, response: Response) -> bytes:
         """Serialise a final response head, choosing the body framing (RFC 9112 §6)."""

@@ -144,6 +144,7 @@ class FastCGIConnection(GatewayConnection):
 
     SELF_DELIMITING = True  # END_REQUEST ends a body without a length
     RAW_BODY_OK = False  # bodies travel in records: no sendfile
+    METRICS_PROTOCOL = 2
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits)

@@ -52,6 +52,8 @@ def parse_vars(block: bytes) -> list[tuple[bytes, bytes]]:
 class UwsgiConnection(GatewayConnection):
     """One uwsgi connection: one request, then close (see the module docstring)."""
 
+    METRICS_PROTOCOL = 1
+
     # -- inspection
 
     @property

@@ -1,0 +1,41 @@
+"""The application of the metrics tests: every answer has a known status and body size.
+
+- ``/hello``: 200, ``hello`` (5 bytes)
+- ``/missing``: 404, ``nope`` (4 bytes)
+- ``/post``: reads the body, 200, ``ok`` (2 bytes)
+- ``/raise``: raises before start_response (the server answers 500)
+- ``/slow?marker=PATH``: creates the file PATH, then waits until it is removed (at most
+  20 s), 200 ``slow`` (4 bytes): the test sees the request running, then releases it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+
+def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    path = environ["PATH_INFO"]
+    if path == "/hello":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return [b"hello"]
+    if path == "/post":
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+    if path == "/raise":
+        raise RuntimeError("the metrics test's exception")
+    if path == "/slow":
+        marker = parse_qs(environ["QUERY_STRING"])["marker"][0]
+        with open(marker, "w"):
+            pass
+        deadline = time.monotonic() + 20
+        while os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return [b"slow"]
+    start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+    return [b"nope"]
