@@ -6,6 +6,9 @@
 - ``/raise``: raises before start_response (the server answers 500)
 - ``/slow?marker=PATH``: creates the file PATH, then waits until it is removed (at most
   20 s), 200 ``slow`` (4 bytes): the test sees the request running, then releases it.
+
+Every response names its worker's PID in ``X-Worker`` (the load of the kill -9 test
+keeps its victim idle with it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from urllib.parse import parse_qs
 
 
 def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    # The PID now, not at import: with --preload the zygote imported this module.
+    worker = ("X-Worker", str(os.getpid()))
+    return _route(environ, lambda status, headers: start_response(status, [*headers, worker]))
+
+
+def _route(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     path = environ["PATH_INFO"]
     if path == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])

@@ -34,7 +34,11 @@ needs_c = pytest.mark.skipif(_cfast is None, reason="the C extension is not buil
 
 
 def test_each_front_end_has_its_protocol_label() -> None:
-    wires: list[ServerConnection] = [H1Connection(Limits()), UwsgiConnection(Limits()), FastCGIConnection(Limits())]
+    wires: list[ServerConnection] = [
+        H1Connection(Limits()),
+        UwsgiConnection(Limits()),
+        FastCGIConnection(Limits()),
+    ]
     assert [metrics.PROTOCOLS[w.METRICS_PROTOCOL] for w in wires] == ["http", "uwsgi", "fastcgi"]
 
 
@@ -47,7 +51,8 @@ def test_the_layout_fits_and_nothing_overlaps() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "index"), [(100, 0), (199, 0), (200, 1), (304, 2), (404, 3), (503, 4), (599, 4), (0, 5), (600, 5)]
+    ("status", "index"),
+    [(100, 0), (199, 0), (200, 1), (304, 2), (404, 3), (503, 4), (599, 4), (0, 5), (600, 5)],
 )
 def test_status_classes(status: int, index: int) -> None:
     assert metrics.status_index(status) == index
@@ -110,7 +115,9 @@ _ops = st.one_of(
 @needs_c
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_ops, max_size=40), st.integers(0, 2))
-def test_the_c_meter_writes_the_same_bytes_as_the_python_reference(ops: list[tuple[Any, ...]], slot: int) -> None:
+def test_the_c_meter_writes_the_same_bytes_as_the_python_reference(
+    ops: list[tuple[Any, ...]], slot: int
+) -> None:
     py_region = bytearray(metrics.SLOT_BYTES * 3)
     c_region = bytearray(metrics.SLOT_BYTES * 3)
     py = PyMeter(py_region, slot)
@@ -271,7 +278,9 @@ def test_the_prometheus_text_has_the_exact_totals_of_live_and_dead_workers() -> 
     s = _samples(body.decode())
     assert s[("rapidwsgi_requests_total", (("method", "GET"), ("protocol", "http"), ("status", "2xx")))] == 2
     assert s[("rapidwsgi_requests_total", (("method", "HEAD"), ("protocol", "http"), ("status", "2xx")))] == 1
-    assert s[("rapidwsgi_requests_total", (("method", "POST"), ("protocol", "uwsgi"), ("status", "4xx")))] == 1
+    assert (
+        s[("rapidwsgi_requests_total", (("method", "POST"), ("protocol", "uwsgi"), ("status", "4xx")))] == 1
+    )
     assert len([k for k in s if k[0] == "rapidwsgi_requests_total"]) == 3  # only those seen
     http = (("protocol", "http"),)
     assert s[("rapidwsgi_request_duration_seconds_count", http)] == 3
@@ -283,7 +292,10 @@ def test_the_prometheus_text_has_the_exact_totals_of_live_and_dead_workers() -> 
     assert s[("rapidwsgi_request_duration_seconds_bucket", (("le", "0.01"), ("protocol", "uwsgi")))] == 1
     assert s[("rapidwsgi_request_body_bytes_total", uwsgi)] == 11
     assert s[("rapidwsgi_response_body_bytes_total", http)] == 10
-    assert ("rapidwsgi_request_duration_seconds_count", (("protocol", "fastcgi"),)) not in s  # not listened on
+    assert (
+        "rapidwsgi_request_duration_seconds_count",
+        (("protocol", "fastcgi"),),
+    ) not in s  # not listened on
     assert s[("rapidwsgi_parse_errors_total", (("status", "431"),))] == 1
     assert s[("rapidwsgi_parse_errors_total", (("status", "400"),))] == 0
     assert s[("rapidwsgi_timeouts_total", (("phase", "header"),))] == 1
@@ -306,7 +318,9 @@ def test_openmetrics_is_served_when_the_scraper_asks_for_it() -> None:
     body, content_type = Snapshot(master, slots).prometheus("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     families = {f.name: f for f in parse_openmetrics(body.decode())}
-    assert {s.value for s in families["rapidwsgi_requests"].samples if s.name == "rapidwsgi_requests_total"} == {
+    assert {
+        s.value for s in families["rapidwsgi_requests"].samples if s.name == "rapidwsgi_requests_total"
+    } == {
         2,
         1,
     }
