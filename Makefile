@@ -9,7 +9,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
 .PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
-	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static clean
+	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -48,7 +48,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
-		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py tests/test_bench.py \
+		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py tests/test_bench.py \
 		tests/test_bench_instructions.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
 		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py
@@ -83,7 +83,8 @@ asan: $(STAMP)
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_cpath.py tests/test_cparser_fuzz.py \
 		tests/test_server_http.py tests/test_server_wsgi.py tests/test_server_timeouts.py \
-		tests/test_static_cpath.py tests/test_static_server.py -k "not behind_nginx and not test_curl" \
+		tests/test_static_cpath.py tests/test_static_server.py tests/test_metrics.py tests/test_metrics_server.py \
+		-k "not behind_nginx and not test_curl" \
 		--deselect tests/test_server_wsgi.py::test_large_upload_to_an_app_that_never_reads_is_not_buffered
 
 docs: $(STAMP)
@@ -115,3 +116,7 @@ bench-leak: $(STAMP)
 # Static files against nginx, uWSGI, granian and WhiteNoise (bench/static.py; ~15 min).
 bench-static:
 	python3 bench/static.py
+
+# What --metrics-bind costs: hello world with metrics on vs off (bench/metrics_cost.py; ~5 min).
+bench-metrics:
+	python3 bench/metrics_cost.py

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import mmap
 import pstats
 import sys
 import time
@@ -21,8 +22,9 @@ from typing import Any
 from common import BROWSER
 
 from rapidwsgi.config import Config
-from rapidwsgi.connection import HTTPConnection, ServerContext
+from rapidwsgi.connection import C_PATH_DEFAULT, HTTPConnection, ServerContext
 from rapidwsgi.log import Clock
+from rapidwsgi.metrics import SLOT_BYTES, make_meter
 from rapidwsgi.protocols.http1 import Limits
 from rapidwsgi.static import StaticFiles, parse_mount
 from rapidwsgi.worker import base_environ
@@ -80,13 +82,20 @@ def main() -> None:
         "--header", action="append", default=[], help="an extra request field, e.g. 'If-None-Match: x'"
     )
     parser.add_argument(
+        "--metrics", action="store_true", help="count into a metrics slot, as under --metrics-bind"
+    )
+    parser.add_argument(
         "--connections",
         action="store_true",
         help="a new connection per request (Connection: close), as ab sends without -k",
     )
     args = parser.parse_args()
     loop = asyncio.new_event_loop()
+    meter = None
+    if args.metrics:
+        meter = make_meter(mmap.mmap(-1, SLOT_BYTES, flags=mmap.MAP_SHARED), 0, C_PATH_DEFAULT)
     ctx = ServerContext(
+        meter=meter,
         app=hello,
         loop=loop,
         base_environ=base_environ(Config(), sys.stderr),

@@ -558,3 +558,32 @@ def test_a_metrics_address_in_use_is_a_bind_error_and_a_bad_one_a_usage_error(st
     server = start_server(APP, "--metrics-bind", "fd://3", wait=False)
     assert server.wait() == 2
     assert "expected HOST:PORT or unix:PATH" in server.stderr
+
+
+DEPLOY = TESTS.parent / "deploy" / "prometheus"
+
+
+def test_the_shipped_dashboard_and_scrape_config_use_only_exported_metrics(start_server: Start) -> None:
+    import json
+
+    import yaml
+
+    server = start_server(APP, "--workers", "1", "--metrics-bind", "127.0.0.1:0")
+    port = metrics_port(server)
+    status, body = http_get(("127.0.0.1", port), "/metrics")
+    assert status == 200
+    exported = set()
+    for family in text_string_to_metric_families(body.decode()):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(family.type, [""])
+        exported.update(family.name + suffix for suffix in suffixes)
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 8
+    used = {name for expr in exprs for name in re.findall(r"\brapidwsgi_[a-z_]+", expr)}
+    assert used - exported == set()
+    assert "rapidwsgi_request_duration_seconds_bucket" in used
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert (job["job_name"], job["metrics_path"]) == ("rapidwsgi", "/metrics")
+    assert job["static_configs"][0]["targets"] == ["127.0.0.1:9101"]
+    assert all('job="rapidwsgi"' in expr for expr in exprs)

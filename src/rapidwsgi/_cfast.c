@@ -74,6 +74,11 @@ static PyObject *method_bytes[M_COUNT];
  * threads (count()) are never lost; the C path updates the slot directly (meter_*). */
 
 #define METER_MAX_BUCKETS 32
+#define METER_METHOD_BYTES 16 /* metrics.METHOD_BYTES, checked by Meter() */
+
+/* The C path's methods, NUL-padded as a record holds them. */
+static const char meter_method_name[M_COUNT][METER_METHOD_BYTES] = {"GET",    "HEAD",    "POST",  "PUT",
+                                                                  "DELETE", "OPTIONS", "PATCH", "TRACE"};
 
 typedef struct {
     PyObject_HEAD
@@ -109,7 +114,7 @@ static void meter_request(Meter *m, Py_ssize_t proto, Py_ssize_t method, long st
 /* Rule 5 of metrics.py: the sequence number is odd while the record changes; the
  * compiler barriers keep the stores in that order (x86 and ARM64 readers see them in
  * program order for aligned words, or retry on a mismatch). */
-static void meter_begin(Meter *m, Py_ssize_t rec, const char *method, Py_ssize_t mlen, const char *path,
+static void meter_begin(Meter *m, Py_ssize_t rec, const char method[METER_METHOD_BYTES], const char *path,
                         Py_ssize_t plen, uint64_t start) {
     if (rec < 0 || rec >= m->nrec) return;
     unsigned char *r = m->b + m->rec_at + rec * m->rec_bytes;
@@ -118,9 +123,7 @@ static void meter_begin(Meter *m, Py_ssize_t rec, const char *method, Py_ssize_t
     seq++;
     __atomic_store_n((uint64_t *)r, seq, __ATOMIC_RELEASE);
     memcpy(r + 8, &start, 8);
-    if (mlen > m->method_bytes) mlen = m->method_bytes;
-    memset(r + 16, 0, (size_t)m->method_bytes);
-    memcpy(r + 16, method, (size_t)mlen);
+    memcpy(r + 16, method, METER_METHOD_BYTES);
     Py_ssize_t room = m->rec_bytes - m->path_at;
     if (plen > room) plen = room;
     uint16_t pl = (uint16_t)plen;
@@ -166,7 +169,8 @@ static PyObject *meter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     PyObject *bounds = PyTuple_GET_ITEM(layout, 14);
     Py_ssize_t nbounds = PyTuple_GET_SIZE(bounds);
-    if (nbounds + 1 > METER_MAX_BUCKETS || v[6] * 8 > v[7] || v[13] >= v[8] || v[12] + 16 > v[13] ||
+    if (nbounds + 1 > METER_MAX_BUCKETS || v[6] * 8 > v[7] || v[13] >= v[8] || v[12] != METER_METHOD_BYTES ||
+        v[12] + 16 > v[13] ||
         v[7] + v[9] * v[8] > v[0]) {
         PyErr_SetString(PyExc_ValueError, "Meter(): bad layout");
         return NULL;
@@ -286,8 +290,10 @@ static PyObject *meter_begin_method(PyObject *op, PyObject *const *args, Py_ssiz
     if (rec == -1 && PyErr_Occurred()) return NULL;
     uint64_t start;
     if (args_u64(args + 3, 1, &start) < 0) return NULL;
-    meter_begin(m, rec, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]), PyBytes_AS_STRING(args[2]),
-                PyBytes_GET_SIZE(args[2]), start);
+    char method[METER_METHOD_BYTES] = {0};
+    Py_ssize_t mlen = PyBytes_GET_SIZE(args[1]);
+    memcpy(method, PyBytes_AS_STRING(args[1]), (size_t)(mlen < METER_METHOD_BYTES ? mlen : METER_METHOD_BYTES));
+    meter_begin(m, rec, method, PyBytes_AS_STRING(args[2]), PyBytes_GET_SIZE(args[2]), start);
     Py_RETURN_NONE;
 }
 
@@ -1627,11 +1633,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
             Py_XDECREF(r);
             goto app_error;
         }
-        if (meter != NULL) {
-            Py_ssize_t pl = head.path_len;
-            meter_begin(meter, 0, method_names[head.method], (Py_ssize_t)strlen(method_names[head.method]),
-                        head.target, pl, t0);
-        }
+        if (meter != NULL) meter_begin(meter, 0, meter_method_name[head.method], head.target, head.path_len, t0);
         PyObject *callargs[2] = {env, (PyObject *)sr};
         result = PyObject_Vectorcall(self->app, callargs, 2, NULL);
         /* Leave the context and restore the loop without losing the app's exception. */
