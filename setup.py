@@ -40,6 +40,7 @@ HOT_MODULES = [
     "src/rapidwsgi/connection.py",
     "src/rapidwsgi/log.py",
     "src/rapidwsgi/static.py",
+    "src/rapidwsgi/metrics.py",
 ]
 
 

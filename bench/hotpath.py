@@ -85,6 +85,9 @@ def main() -> None:
         "--metrics", action="store_true", help="count into a metrics slot, as under --metrics-bind"
     )
     parser.add_argument(
+        "--python-path", action="store_true", help="the Python request path (with the C meter, if built)"
+    )
+    parser.add_argument(
         "--connections",
         action="store_true",
         help="a new connection per request (Connection: close), as ab sends without -k",
@@ -95,6 +98,7 @@ def main() -> None:
     if args.metrics:
         meter = make_meter(mmap.mmap(-1, SLOT_BYTES, flags=mmap.MAP_SHARED), 0, C_PATH_DEFAULT)
     ctx = ServerContext(
+        c_path=False if args.python_path else None,
         meter=meter,
         app=hello,
         loop=loop,

@@ -7,6 +7,10 @@ report gives the median requests/s of each and their ratio (on / off). After eac
 run, the endpoint's ``rapidwsgi_requests_total`` is read back and compared with wrk's
 own count (the server's may exceed wrk's by the requests in flight when wrk stopped).
 
+Throughput on a shared VM varies by 20% from run to run, more than the cost measured;
+the report also gives the server's CPU time per request (master + worker, user + system,
+from /proc), which varies far less.
+
     python3 bench/metrics_cost.py                 # 5 rounds x 3 loads x 2, 5 s each (~3 min)
     python3 bench/metrics_cost.py --rounds 1 --duration 2
     make bench-metrics
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import random
 import re
@@ -54,7 +59,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 
 @contextmanager
-def running(python: str, metrics: bool, tmp: Path, cpus: str) -> Iterator[tuple[int, int | None]]:
+def running(python: str, metrics: bool, tmp: Path, cpus: str) -> Iterator[tuple[int, int | None, list[int]]]:
     port = free_port()
     metrics_port = free_port() if metrics else None
     argv = ["taskset", "-c", cpus, python, "-m", "rapidwsgi", "--bind", f"{HOST}:{port}", "--workers", "1"]
@@ -86,9 +91,19 @@ def running(python: str, metrics: bool, tmp: Path, cpus: str) -> Iterator[tuple[
         error = wait_ready(proc, check, "rapidwsgi", timeout=60)
         if error:
             raise SystemExit(f"rapidwsgi did not start: {error}")
-        yield port, metrics_port
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        yield port, metrics_port, [proc.pid, *map(int, children)]
     finally:
         stop_server(proc)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` (proc(5) stat fields 14 and 15)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def served(metrics_port: int) -> int:
@@ -129,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = cfg.python or str(peers.venv_python())
     rng = random.Random()
     rates: dict[str, dict[str, list[float]]] = {load: {"off": [], "on": []} for load in LOADS}
+    cpu: dict[str, dict[str, list[float]]] = {load: {"off": [], "on": []} for load in LOADS}
     checks: list[dict[str, object]] = []
     errors = 0
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmpdir:
@@ -138,9 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 order = ["off", "on"]
                 rng.shuffle(order)
                 for which in order:
-                    with running(python, which == "on", tmp, cfg.server_cpus) as (port, metrics_port):
+                    with running(python, which == "on", tmp, cfg.server_cpus) as (port, metrics_port, pids):
                         before = served(metrics_port) if metrics_port else 0
+                        cpu_before = cpu_seconds(pids)
                         rps, requests, errs = wrk(cfg, port, connections, header)
+                        cpu[load][which].append((cpu_seconds(pids) - cpu_before) / max(requests, 1) * 1e6)
                         errors += errs
                         rates[load][which].append(rps)
                         if metrics_port is not None:
@@ -161,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "on": statistics.median(r["on"]),
                 "ratio": statistics.median(r["on"]) / statistics.median(r["off"]),
                 "runs": r,
+                "cpu_us_off": statistics.median(cpu[load]["off"]),
+                "cpu_us_on": statistics.median(cpu[load]["on"]),
+                "cpu_runs": cpu[load],
             }
             for load, r in rates.items()
         },
@@ -183,11 +204,15 @@ def markdown(result: dict[str, object]) -> str:
         f"of {result['duration_s']} s, off and on in a random order each round; medians. "
         f"Errors: {result['errors']}.",
         "",
-        "| load | metrics off (req/s) | metrics on (req/s) | on / off |",
-        "|---|---:|---:|---:|",
+        "| load | metrics off (req/s) | metrics on (req/s) | on / off | server CPU µs/request off"
+        " | on | on / off |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for load, r in loads.items():
-        lines.append(f"| {load} | {r['off']:,.0f} | {r['on']:,.0f} | {r['ratio']:.3f} |")
+        lines.append(
+            f"| {load} | {r['off']:,.0f} | {r['on']:,.0f} | {r['ratio']:.3f} | {r['cpu_us_off']:.2f} "
+            f"| {r['cpu_us_on']:.2f} | {r['cpu_us_on'] / r['cpu_us_off']:.3f} |"
+        )
     counts = result["counts"]
     assert isinstance(counts, list)
     lines += [

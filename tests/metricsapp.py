@@ -3,6 +3,7 @@
 - ``/hello``: 200, ``hello`` (5 bytes)
 - ``/missing``: 404, ``nope`` (4 bytes)
 - ``/post``: reads the body, 200, ``ok`` (2 bytes)
+- ``/late-stream``: 0.3 s in the call, then a generator of ``la`` ``te`` (chunked)
 - ``/raise``: raises before start_response (the server answers 500)
 - ``/slow?marker=PATH``: creates the file PATH, then waits until it is removed (at most
   20 s), 200 ``slow`` (4 bytes): the test sees the request running, then releases it.
@@ -35,6 +36,11 @@ def _route(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"ok"]
+    if path == "/late-stream":
+        # 0.3 s in the application call, then a generator: the C path hands it over.
+        time.sleep(0.3)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (part for part in (b"la", b"te"))
     if path == "/raise":
         raise RuntimeError("the metrics test's exception")
     if path == "/slow":

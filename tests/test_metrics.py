@@ -390,3 +390,31 @@ def _statsd_lines(receiver: socket.socket) -> dict[str, tuple[str, str]]:
             assert name not in out
             out[name] = (value, kind)
     return out
+
+
+def test_the_nanosecond_bounds_are_the_second_bounds() -> None:
+    assert metrics.BUCKETS_NS == tuple(round(b * 1e9) for b in metrics.BUCKETS)
+    assert metrics.METHOD_INDEX == {m.encode(): i for i, m in enumerate(metrics.METHODS[:-1])}
+    assert metrics.OTHER_METHOD == metrics.METHODS.index("other")
+
+
+@pytest.mark.parametrize("kind", ["python", "c"])
+def test_finish_ends_the_record_and_times_the_request_from_its_start(kind: str) -> None:
+    if kind == "c" and _cfast is None:
+        pytest.skip("the C extension is not built")
+    slots = Slots(1)
+    meter = metrics.make_meter(slots.region, 0, kind == "c")
+    meter.begin(3, b"GET", b"/x", 1)
+    started = time.monotonic_ns() - 3_000_000
+    meter.finish(3, 1, metrics.method_index("PUT"), 204, started, 5, 0)
+    elapsed = time.monotonic_ns() - started
+    meter.finish(-1, 1, metrics.method_index("PUT"), 204, time.monotonic_ns() + 10**9, 0, 0)  # never below 0
+    words = slots.words(0)
+    assert words[metrics.request_index(1, 3, 1)] == 2
+    assert 3_000_000 <= words[metrics.DURATION_SUM + 1] <= elapsed
+    assert words[metrics.REQUEST_BYTES + 1] == 5
+    nb = len(metrics.BUCKETS) + 1
+    assert words[metrics.DURATION_BUCKETS + nb] == 1  # the one of 0 ns
+    assert slots.busy(0) == []
+    words.release()
+    del meter

@@ -437,6 +437,19 @@ def test_errors_timeouts_and_gauges_are_counted(start_server: Start) -> None:
     assert wait_until(lambda: stats_json(port)["connections"] == 0, 5)
 
 
+def test_the_duration_of_a_handed_over_request_includes_the_application_call(start_server: Start) -> None:
+    # The C path calls the application, then hands a streaming result to the Python
+    # exchange: the duration runs from the head, not from the hand-over.
+    server = start_server(APP, "--workers", "1", "--metrics-bind", "127.0.0.1:0")
+    port = metrics_port(server)
+    assert http_get(server.address, "/late-stream") == (200, b"late")
+    samples = scrape(port)
+    assert value(samples, "rapidwsgi_request_duration_seconds_bucket", protocol="http", le="0.25") == 0
+    assert value(samples, "rapidwsgi_request_duration_seconds_bucket", protocol="http", le="+Inf") == 1
+    assert 0.3 <= value(samples, "rapidwsgi_request_duration_seconds_sum", protocol="http") < 5
+    assert value(samples, "rapidwsgi_response_body_bytes_total", protocol="http") == 4
+
+
 @pytest.mark.parametrize("protocol", ["uwsgi", "fastcgi"])
 def test_gateway_requests_carry_their_protocol_label(start_server: Start, protocol: str) -> None:
     from tests.fuzz_gateway import fastcgi_request

@@ -254,6 +254,30 @@ static PyObject *meter_request_method(PyObject *op, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
+/* finish(record, protocol, method, status, started_ns, bytes_in, bytes_out): end(record)
+ * when record >= 0, then request(...) with the duration from started_ns to now. */
+static PyObject *meter_finish_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+    Meter *m = (Meter *)op;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "finish(record, protocol, method, status, started_ns, bytes_in, bytes_out)");
+        return NULL;
+    }
+    Py_ssize_t rec = PyLong_AsSsize_t(args[0]);
+    if (rec == -1 && PyErr_Occurred()) return NULL;
+    uint64_t v[6];
+    if (args_u64(args + 1, 6, v) < 0) return NULL;
+    if (v[0] >= 3 || (Py_ssize_t)v[1] >= m->nm) {
+        PyErr_SetString(PyExc_ValueError, "finish(): protocol or method out of range");
+        return NULL;
+    }
+    if (rec >= 0) meter_end(m, rec);
+    uint64_t now = now_ns();
+    meter_request(m, (Py_ssize_t)v[0], (Py_ssize_t)v[1], v[2] >= 600 ? 0 : (long)v[2], now > v[3] ? now - v[3] : 0,
+                  v[4], v[5]);
+    Py_RETURN_NONE;
+}
+
 static PyObject *meter_count_method(PyObject *op, PyObject *arg) {
     Meter *m = (Meter *)op;
     Py_ssize_t word = PyLong_AsSsize_t(arg);
@@ -307,6 +331,8 @@ static PyObject *meter_end_method(PyObject *op, PyObject *arg) {
 static PyMethodDef meter_methods[] = {
     {"request", (PyCFunction)(void (*)(void))meter_request_method, METH_FASTCALL,
      "request(protocol, method, status, duration_ns, bytes_in, bytes_out)"},
+    {"finish", (PyCFunction)(void (*)(void))meter_finish_method, METH_FASTCALL,
+     "finish(record, protocol, method, status, started_ns, bytes_in, bytes_out)"},
     {"count", meter_count_method, METH_O, "count(word): one more"},
     {"gauges", (PyCFunction)(void (*)(void))meter_gauges_method, METH_FASTCALL, "gauges(active, idle, busy, waiting)"},
     {"begin", (PyCFunction)(void (*)(void))meter_begin_method, METH_FASTCALL, "begin(record, method, path, start_ns)"},
@@ -949,6 +975,7 @@ typedef struct {
     PyObject *fast;     /* the Fast object (for write(): promotion) */
     const Head *head;   /* valid while the application runs inside Fast.serve */
     PyObject *environ, *context, *date_server; /* borrowed, same lifetime as head */
+    uint64_t started; /* the meter's clock at the head (0 without a meter) */
 } StartResponse;
 
 static PyTypeObject StartResponse_Type;
@@ -1179,6 +1206,7 @@ static PyObject *new_sr(Fast *fast) {
     sr->fast = Py_NewRef(fast);
     sr->head = NULL;
     sr->environ = sr->context = sr->date_server = NULL;
+    sr->started = 0;
     PyObject_GC_Track(sr);
     return (PyObject *)sr;
 }
@@ -1221,7 +1249,16 @@ static PyObject *promote(StartResponse *sr) {
         Py_DECREF(req);
         return NULL;
     }
-    PyObject *ex = PyObject_CallMethodObjArgs(fast->conn, s_c_exchange, req, sr->environ, sr->context, resp, NULL);
+    /* The meter's start, so that the Python path times the whole request. */
+    PyObject *started = PyLong_FromUnsignedLongLong(sr->started);
+    if (started == NULL) {
+        Py_DECREF(req);
+        Py_DECREF(resp);
+        return NULL;
+    }
+    PyObject *ex =
+        PyObject_CallMethodObjArgs(fast->conn, s_c_exchange, req, sr->environ, sr->context, resp, started, NULL);
+    Py_DECREF(started);
     Py_DECREF(req);
     Py_DECREF(resp);
     if (ex == NULL) return NULL;
@@ -1624,6 +1661,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
         sr->environ = env;
         sr->context = context;
         sr->date_server = date_server;
+        sr->started = t0;
         PyObject *result = NULL;
         PyObject *r = PyObject_CallOneArg(set_running_loop, Py_None);
         if (r == NULL) goto app_error;

@@ -48,6 +48,17 @@ class Meter:
     def request(
         self, protocol: int, method: int, status: int, duration_ns: int, bytes_in: int, bytes_out: int, /
     ) -> None: ...
+    def finish(
+        self,
+        record: int,
+        protocol: int,
+        method: int,
+        status: int,
+        started_ns: int,
+        bytes_in: int,
+        bytes_out: int,
+        /,
+    ) -> None: ...
     def count(self, word: int, /) -> None: ...
     def gauges(self, active: int, idle: int, busy: int, waiting: int, /) -> None: ...
     def begin(self, record: int, method: bytes, path: bytes, start_ns: int, /) -> None: ...

@@ -219,19 +219,22 @@ class ServerContext:
         self.gated = 0
         self._helpers: ThreadPoolExecutor | None = None
 
-    def run_threaded(self, exchange: Exchange) -> None:
-        """Submit an exchange to the thread pool, counting it while it runs."""
+    def run_threaded(
+        self, exchange: Exchange, method: bytes = b"", path: bytes = b"", started_ns: int = 0
+    ) -> None:
+        """Submit an exchange to the thread pool, counting it while it runs (``method``,
+        ``path``, ``started_ns``: what the meter shows of it while it runs)."""
         assert self.executor is not None
         with self._busy_lock:
             self.threads_busy += 1
-        self.executor.submit(self._thread_main, exchange)
+        self.executor.submit(self._thread_main, exchange, method, path, started_ns)
 
-    def _thread_main(self, exchange: Exchange) -> None:
+    def _thread_main(self, exchange: Exchange, method: bytes, path: bytes, started_ns: int) -> None:
         meter = self.meter
         record = self._thread_record() if meter is not None else -1
         try:
             if meter is not None:
-                _begin_record(meter, record, exchange.environ)
+                meter.begin(record, method, path, started_ns)
             exchange.context.run(exchange.run_blocking)
         finally:
             if meter is not None:
@@ -255,7 +258,9 @@ class ServerContext:
         thread, None on a threaded worker's pool (its calls may run side by side)."""
         return self.gate if self.executor is None else None
 
-    def run_helper(self, exchange: Exchange) -> None:
+    def run_helper(
+        self, exchange: Exchange, method: bytes = b"", path: bytes = b"", started_ns: int = 0
+    ) -> None:
         """Inline mode: run one exchange on a helper thread, under the gate.
 
         ``gated`` goes up here, on the loop thread, before the helper can start, and
@@ -269,28 +274,28 @@ class ServerContext:
         with self._busy_lock:
             self.threads_busy += 1
             self.gated += 1
-        self.loop.call_soon(self._start_helper, exchange)
+        self.loop.call_soon(self._start_helper, exchange, method, path, started_ns)
 
-    def _start_helper(self, exchange: Exchange) -> None:
+    def _start_helper(self, exchange: Exchange, method: bytes, path: bytes, started_ns: int) -> None:
         helpers = self._helpers
         if helpers is None:
             helpers = self._helpers = ThreadPoolExecutor(
                 max_workers=EXPECT_THREADS, thread_name_prefix="rapidwsgi-expect"
             )
         try:
-            helpers.submit(self._helper_main, exchange)
+            helpers.submit(self._helper_main, exchange, method, path, started_ns)
         except RuntimeError:  # stop_helpers ran in between: the worker is exiting
             with self._busy_lock:
                 self.threads_busy -= 1
                 self.gated -= 1
 
-    def _helper_main(self, exchange: Exchange) -> None:
+    def _helper_main(self, exchange: Exchange, method: bytes, path: bytes, started_ns: int) -> None:
         meter = self.meter
         record = self._thread_record() if meter is not None else -1
         try:
             with self.gate:
                 if meter is not None:
-                    _begin_record(meter, record, exchange.environ)
+                    meter.begin(record, method, path, started_ns)
                 exchange.context.run(exchange.run_blocking)
         finally:
             if meter is not None:
@@ -334,17 +339,6 @@ class ServerContext:
         self.drain_deadline = drain_deadline
         for conn in list(self.connections):
             conn.begin_shutdown()
-
-
-def _begin_record(meter: Meter, record: int, environ: Environ) -> None:
-    """Show ``environ``'s request as running on ``record``'s thread (metrics.py rule 5)."""
-    path = str(environ.get("RAW_URI", "")).split("?", 1)[0]
-    meter.begin(
-        record,
-        str(environ.get("REQUEST_METHOD", "")).encode("latin-1", "replace"),
-        path.encode("latin-1", "replace"),
-        time.monotonic_ns(),
-    )
 
 
 #: Spare room in an environ template for the request's own keys (its header fields).
@@ -446,7 +440,8 @@ class HTTPConnection:
         self._response: Response | None = None
         self._environ: Environ | None = None
         self._sent = 0
-        self._started = 0.0
+        self._started_ns = 0  # time.monotonic_ns() at the head (access log, meter)
+        self._method = 0  # metrics.METHODS index of the request
         self._body_in = 0  # request body bytes received (the meter)
         self._record = -1  # the meter record this connection's inline request shows
         self._proto = self.wire.METRICS_PROTOCOL
@@ -775,7 +770,7 @@ class HTTPConnection:
             exchange = self._inline_exchange(environ, head_request, None)
             if ctx.meter is not None:
                 self._record = 0
-                _begin_record(ctx.meter, 0, environ)
+                ctx.meter.begin(0, request.method, request.path, self._started_ns)
             self._run_inline(exchange, exchange.start)
         else:
             gate = ctx.helper_gate
@@ -792,9 +787,9 @@ class HTTPConnection:
                 context=ctx.base_context.copy(),
             )
             if gate is None:
-                ctx.run_threaded(exchange)
+                ctx.run_threaded(exchange, request.method, request.path, self._started_ns)
             else:
-                ctx.run_helper(exchange)
+                ctx.run_helper(exchange, request.method, request.path, self._started_ns)
 
     def _begin_exchange(self, environ: Environ) -> None:
         """The request is complete enough to run: the application owns the time now."""
@@ -808,7 +803,10 @@ class HTTPConnection:
             self._deadline = INF
         self._sent = 0
         if ctx.access_log is not None or ctx.meter is not None:
-            self._started = time.monotonic()
+            self._started_ns = time.monotonic_ns()
+            request = self._request
+            if request is not None:
+                self._method = metrics.METHOD_INDEX.get(request.method, metrics.OTHER_METHOD)
 
     def _inline_exchange(self, environ: Environ, head_request: bool, context: Any) -> Exchange:
         ctx = self.ctx
@@ -848,7 +846,7 @@ class HTTPConnection:
         self._dispatch(EMPTY_INPUT, self.ctx.executor is not None, environ)
 
     def _c_exchange(
-        self, request: Request, environ: Environ, context: Any, response: Response | None
+        self, request: Request, environ: Environ, context: Any, response: Response | None, started_ns: int = 0
     ) -> Exchange:
         """The application, called by the C path, needs the Python exchange (write(), a
         streaming or unusual result, an exception): the exchange as ``_dispatch``
@@ -858,6 +856,8 @@ class HTTPConnection:
         self._chunks = None
         self._body_in = 0
         self._begin_exchange(environ)
+        if started_ns:
+            self._started_ns = started_ns  # the meter's clock (time.monotonic_ns's) at the head
         self._record = 0  # begun by the C path
         exchange = self._inline_exchange(environ, request.method == b"HEAD", context)
         exchange.response = response
@@ -1040,18 +1040,17 @@ class HTTPConnection:
         ctx = self.ctx
         meter = ctx.meter
         if meter is not None and self._environ is not None:
-            if self._record >= 0:
-                meter.end(self._record)
-                self._record = -1
             response = self._response
-            meter.request(
+            meter.finish(
+                self._record,
                 self._proto,
-                metrics.method_index(self._environ.get("REQUEST_METHOD", "")),
+                self._method,
                 response.status if response is not None else 0,
-                int((time.monotonic() - self._started) * 1e9),
+                self._started_ns,
                 self._body_in,
                 self._sent,
             )
+            self._record = -1
             if aborted:
                 meter.count(metrics.ABORTED)
         if ctx.access_log is not None and self._environ is not None:
@@ -1061,7 +1060,7 @@ class HTTPConnection:
                     self._environ,
                     response.status if response is not None else 0,
                     self._sent,
-                    time.monotonic() - self._started,
+                    (time.monotonic_ns() - self._started_ns) / 1e9,
                     response.headers if response is not None else b"",
                 )
             )
