@@ -41,6 +41,8 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "static_sendfile": ("off", "off"),
         "metrics_bind": ("unix:/run/metrics.sock", "unix:/run/metrics.sock"),
         "statsd_host": ("127.0.0.1:8125", "127.0.0.1:8125"),
+        "error_log_format": ("json", "json"),
+        "request_id_header": ("X-Request-ID", "X-Request-ID"),
     }
     if f.name in by_name:
         return by_name[f.name]

@@ -393,9 +393,9 @@ def _statsd_lines(receiver: socket.socket) -> dict[str, tuple[str, str]]:
 
 
 def test_the_nanosecond_bounds_are_the_second_bounds() -> None:
-    assert metrics.BUCKETS_NS == tuple(round(b * 1e9) for b in metrics.BUCKETS)
-    assert metrics.METHOD_INDEX == {m.encode(): i for i, m in enumerate(metrics.METHODS[:-1])}
-    assert metrics.OTHER_METHOD == metrics.METHODS.index("other")
+    assert tuple(round(b * 1e9) for b in metrics.BUCKETS) == metrics.BUCKETS_NS
+    assert {m.encode(): i for i, m in enumerate(metrics.METHODS[:-1])} == metrics.METHOD_INDEX
+    assert metrics.METHODS.index("other") == metrics.OTHER_METHOD
 
 
 @pytest.mark.parametrize("kind", ["python", "c"])

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_usage(sys.stderr)
         print("rapidwsgi: error: the application (MODULE:APP) is required", file=sys.stderr)
         return ExitCode.USAGE
-    setup_error_log(config.log_level, config.error_logfile)
+    setup_error_log(config.log_level, config.error_logfile, config.error_log_format)
 
     if config.chdir:
         try:

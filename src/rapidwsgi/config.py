@@ -135,6 +135,13 @@ def _statsd_address(value: str | None) -> str | None:
     return None if address.kind == "tcp" and address.port else "expected HOST:PORT (UDP)"
 
 
+def _header_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    token = value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value) and value.isascii()
+    return None if token else "expected a header field name (RFC 9110 §5.1), e.g. X-Request-ID"
+
+
 def _umask(value: int) -> str | None:
     return None if 0 <= value <= 0o777 else "must be between 0 and 0o777"
 
@@ -441,10 +448,28 @@ class Config:
     )
     access_logformat: str = setting(
         "combined",
-        help="Access log format: 'common', 'combined', or a gunicorn-style format "
-        "string with atoms such as %(h)s %(r)s %(s)s %(b)s %(D)s %({header}i)s.",
+        help="Access log format: 'common', 'combined', 'json' (one JSON object per line, see "
+        "docs/observability.md), or a gunicorn-style format string with atoms such as %(h)s %(r)s "
+        "%(s)s %(b)s %(D)s %({header}i)s.",
         section="Logging",
         metavar="FORMAT",
+    )
+    error_log_format: str = setting(
+        "text",
+        help="Error log format: 'text' (gunicorn's layout) or 'json' (one object per line: time, level, pid, "
+        "message, exc_info).",
+        section="Logging",
+        choices=("text", "json"),
+    )
+    request_id_header: str | None = setting(
+        None,
+        help="Give every request an id in this header (e.g. X-Request-ID): kept from a trusted peer "
+        "(--forwarded-allow-ips) when it is 1-200 visible ASCII characters, else a new random one (32 hex "
+        "digits); set in the environ (HTTP_X_REQUEST_ID) and added to the response. The JSON access log "
+        "logs X-Request-ID the same way without it. Requests with ids take the Python path.",
+        section="Logging",
+        metavar="NAME",
+        validate=_header_name,
     )
     error_logfile: str = setting(
         "-",

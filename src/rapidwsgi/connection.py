@@ -63,7 +63,7 @@ from .bridge import Exchange
 from .errors import AppError, ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
 from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Reply, Request, Response
 from .forwarded import ForwardingPolicy, TrustedPeers
-from .log import AccessLog, AccessRecord, Clock, error_log
+from .log import AccessLog, AccessRecord, Clock, RequestIds, error_log
 from .metrics import Meter
 from .protocols._state import DONE, ERROR, IDLE, MUST_CLOSE, SEND_BODY
 from .protocols.base import Limits, ServerConnection
@@ -162,8 +162,11 @@ class ServerContext:
         static: StaticFiles | None = None,
         meter: Meter | None = None,
         threads: int = 1,
+        request_ids: RequestIds | None = None,
     ) -> None:
         self.app = app
+        #: --request-id-header / the JSON access log: each request's id (Python path).
+        self.request_ids = request_ids
         #: This worker's slot in the master's metrics (metrics.py), or None.
         self.meter = meter
         self.threads = threads
@@ -442,6 +445,7 @@ class HTTPConnection:
         self._sent = 0
         self._started_ns = 0  # time.monotonic_ns() at the head (access log, meter)
         self._method = 0  # metrics.METHODS index of the request
+        self._request_id = ""  # its id (ctx.request_ids), or ""
         self._body_in = 0  # request body bytes received (the meter)
         self._record = -1  # the meter record this connection's inline request shows
         self._proto = self.wire.METRICS_PROTOCOL
@@ -477,7 +481,12 @@ class HTTPConnection:
         self._deadline = monotonic() + ctx.header_timeout
         if ctx.shutting_down:
             self._closing = True
-        if ctx.c_path and ctx.access_log is None and type(self.wire) is H1Connection:
+        if (
+            ctx.c_path
+            and ctx.access_log is None
+            and ctx.request_ids is None
+            and type(self.wire) is H1Connection
+        ):
             limits = ctx.limits
             self._fast = _cfast.Fast(
                 self,
@@ -802,6 +811,8 @@ class HTTPConnection:
             self._phase = _APP
             self._deadline = INF
         self._sent = 0
+        if ctx.request_ids is not None:
+            self._request_id = ctx.request_ids.assign(environ, self._peer_trusted)
         if ctx.access_log is not None or ctx.meter is not None:
             self._started_ns = time.monotonic_ns()
             request = self._request
@@ -928,6 +939,16 @@ class HTTPConnection:
         if self._closing or self.ctx.shutting_down:
             response.close = True
         wire = self.wire
+        ids = self.ctx.request_ids
+        if ids is not None and self._request_id and ids.response_name is not None:
+            # A new Response: the one given may be shared (a cached static answer).
+            response = Response(
+                response.status,
+                response.status_line,
+                ids.add_to(response.headers, self._request_id),
+                response.content_length,
+                response.close,
+            )
         self._response = response
         out = wire.send_response(response)
         if body:

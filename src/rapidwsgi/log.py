@@ -10,6 +10,8 @@ control bytes cannot forge log lines.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import re
@@ -52,13 +54,38 @@ def _open_error_stream(target: str) -> TextIO:
     return open(target, "a", buffering=1, encoding="utf-8")
 
 
-def setup_error_log(level: str, target: str = "-") -> ErrorStream:
-    """Configure the error logger; return the stream for ``wsgi.errors``."""
+class JSONFormatter(logging.Formatter):
+    """``--error-log-format json``: one JSON object per record and line: ``time`` (ISO
+    8601, milliseconds, UTC offset), ``level``, ``pid``, ``message`` and, with a
+    traceback, ``exc_info``. Written by the JSON encoder, with every non-ASCII character
+    escaped: no message (a client's bytes in a "Bad request" line, a traceback) can
+    break the line or the object."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": iso_time(record.created),
+            "level": record.levelname,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=True, separators=(",", ":"))
+
+
+def iso_time(seconds: float) -> str:
+    """Local time, ISO 8601 with milliseconds and the UTC offset."""
+    return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
+
+
+def setup_error_log(level: str, target: str = "-", fmt: str = "text") -> ErrorStream:
+    """Configure the error logger (``fmt``: ``text`` or ``json``); return the stream
+    for ``wsgi.errors``."""
     global _error_target
     _error_target = target
     stream = _open_error_stream(target)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
     error_log.handlers[:] = [handler]
     error_log.setLevel(level.upper())
     error_log.propagate = False
@@ -188,8 +215,92 @@ _ATOMS: Final[dict[str, Callable[[AccessRecord], str]]] = {
 _ATOM_RE: Final = re.compile(r"%\((\{[^}]*\}[ieo]|[a-zA-Z])\)s")
 
 
-def compile_format(fmt: str, clock: Clock) -> Callable[[AccessRecord], str]:
-    """Compile a gunicorn-compatible format (``%(h)s``, ``%({header}i)s``, ...)."""
+#: The environ key of the default request id header (``X-Request-ID``).
+REQUEST_ID_KEY: Final = "HTTP_X_REQUEST_ID"
+
+
+def _text(value: object) -> str | None:
+    """A WSGI string (the request's bytes as latin-1) as the text it was sent as: UTF-8,
+    with each byte that is not valid UTF-8 kept as a ``\\xNN`` escape. None stays None."""
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        return text.encode("latin-1").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # not a WSGI string (set by the application): as it is
+        return text
+
+
+def json_format(request_id_key: str = REQUEST_ID_KEY) -> Callable[[AccessRecord], str]:
+    """``--access-logformat json``: one object per line, written by the JSON encoder
+    (docs/observability.md lists the fields). Every value taken from the request goes
+    through :func:`_text` and the encoder escapes quotes, backslashes, control and
+    non-ASCII characters: no header can end the line or the object."""
+    encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+    def render(r: AccessRecord) -> str:
+        e = r.environ
+        doc = {
+            "time": iso_time(time.time()),
+            "pid": os.getpid(),
+            "remote_addr": _text(e.get("REMOTE_ADDR")),
+            "method": _text(e.get("REQUEST_METHOD")),
+            "path": _text(e.get("PATH_INFO")),
+            "query": _text(e.get("QUERY_STRING", "")),
+            "protocol": _text(e.get("SERVER_PROTOCOL")),
+            "status": r.status,
+            "bytes": r.sent,
+            "duration": round(r.duration, 6),
+            "user_agent": _text(e.get("HTTP_USER_AGENT")),
+            "referer": _text(e.get("HTTP_REFERER")),
+            "request_id": _text(e.get(request_id_key)),
+        }
+        return encode(doc) + "\n"
+
+    return render
+
+
+#: A request id taken from a trusted peer: 1-200 visible ASCII characters.
+_SANE_ID: Final = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+class RequestIds:
+    """``--request-id-header`` (and the JSON access log's ``request_id``): the id of each
+    request, in the environ under ``key`` (``HTTP_X_REQUEST_ID`` for ``X-Request-ID``).
+
+    A trusted peer's value (a proxy that set it, see ``--forwarded-allow-ips``) is kept
+    when it is sane; any other value is replaced by 32 random hex digits, so a client
+    can neither forge another request's id nor smuggle bytes into logs through it.
+    ``response_name`` is the header added to responses (None: not added)."""
+
+    def __init__(self, header: str | None) -> None:
+        name = header or "X-Request-ID"
+        self.key = "HTTP_" + name.upper().replace("-", "_")
+        self.response_name = name.encode("latin-1") if header else None
+        self._marker = b"\r\n" + name.lower().encode("latin-1") + b":"
+
+    def assign(self, environ: dict[str, Any], trusted: bool) -> str:
+        value = environ.get(self.key)
+        if not (trusted and isinstance(value, str) and _SANE_ID.fullmatch(value)):
+            value = os.urandom(16).hex()
+            environ[self.key] = value
+        return value
+
+    def add_to(self, headers: bytes, request_id: str) -> bytes:
+        """``headers`` (a response's field block) with the id, unless the application
+        set that field itself."""
+        if self.response_name is None or (b"\r\n" + headers.lower()).find(self._marker) >= 0:
+            return headers
+        return headers + self.response_name + b": " + request_id.encode("latin-1") + b"\r\n"
+
+
+def compile_format(
+    fmt: str, clock: Clock, request_id_key: str = REQUEST_ID_KEY
+) -> Callable[[AccessRecord], str]:
+    """Compile a gunicorn-compatible format (``%(h)s``, ``%({header}i)s``, ...), or
+    ``json`` (:func:`json_format`)."""
+    if fmt == "json":
+        return json_format(request_id_key)
     fmt = NAMED_FORMATS.get(fmt, fmt)
     pieces: list[Callable[[AccessRecord], str] | str] = []
     last = 0
@@ -224,9 +335,9 @@ def compile_format(fmt: str, clock: Clock) -> Callable[[AccessRecord], str]:
 class AccessLog:
     """Writes one line per finished exchange to a file or stdout."""
 
-    def __init__(self, target: str, fmt: str, clock: Clock) -> None:
+    def __init__(self, target: str, fmt: str, clock: Clock, request_id_key: str = REQUEST_ID_KEY) -> None:
         self.target = target
-        self.render = compile_format(fmt, clock)
+        self.render = compile_format(fmt, clock, request_id_key)
         self.stream: IO[str] = self._open()
 
     def _open(self) -> IO[str]:

@@ -29,7 +29,7 @@ from . import __version__
 from .config import Config
 from .connection import C_PATH_DEFAULT, HTTPConnection, ServerContext
 from .forwarded import ForwardingPolicy, TrustedPeers
-from .log import AccessLog, Clock, error_log, reopen_error_log
+from .log import AccessLog, Clock, RequestIds, error_log, reopen_error_log
 from .metrics import Meter, make_meter
 from .protocols.base import Limits, ServerConnection
 from .protocols.fastcgi import FastCGIConnection
@@ -232,8 +232,15 @@ class Worker:
         self._stop = asyncio.Event()
         self._install_signals()
         clock = Clock(server="rapidwsgi" if config.server_header else None, date=config.date_header)
+        json_log = bool(config.access_logfile) and config.access_logformat == "json"
+        request_ids = RequestIds(config.request_id_header) if config.request_id_header or json_log else None
         access_log = (
-            AccessLog(config.access_logfile, config.access_logformat, clock)
+            AccessLog(
+                config.access_logfile,
+                config.access_logformat,
+                clock,
+                request_ids.key if request_ids is not None else "HTTP_X_REQUEST_ID",
+            )
             if config.access_logfile
             else None
         )
@@ -250,6 +257,7 @@ class Worker:
             app=self.app,
             meter=meter,
             threads=config.threads,
+            request_ids=request_ids,
             loop=loop,
             base_environ=base_environ(config, self.errors),
             limits=Limits(
