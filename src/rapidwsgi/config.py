@@ -115,24 +115,23 @@ def _bind_list(value: list[str]) -> str | None:
     return None if value else "at least one address is required"
 
 
-def _metrics_address(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        address = parse_address(value)
-    except BindError as exc:
-        return str(exc)
-    return "expected HOST:PORT or unix:PATH" if address.kind == "fd" else None
+def _address_of(kinds: tuple[str, ...], expected: str) -> Callable[[str | None], str | None]:
+    """A validator: an address ``sockets.parse_address`` reads, of one of ``kinds``."""
+
+    def validate(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            address = parse_address(value)
+        except BindError as exc:
+            return str(exc)
+        return None if address.kind in kinds else f"expected {expected}"
+
+    return validate
 
 
-def _statsd_address(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        address = parse_address(value)
-    except BindError as exc:
-        return str(exc)
-    return None if address.kind == "tcp" and address.port else "expected HOST:PORT (UDP)"
+_metrics_address: Final = _address_of(("tcp", "unix"), "HOST:PORT or unix:PATH")
+_statsd_address: Final = _address_of(("tcp",), "HOST:PORT (UDP)")
 
 
 def _header_name(value: str | None) -> str | None:
