@@ -9,7 +9,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
 .PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
-	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics clean
+	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -48,10 +48,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
-		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py tests/test_bench.py \
+		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py tests/test_bench.py \
 		tests/test_bench_instructions.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
-		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py
+		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py sleepy.py
 
 # Every build: the C request path (with the mypyc-compiled modules), the mypyc modules
 # alone (RAPIDWSGI_NO_C=1), and the pure-Python sources.
@@ -120,3 +120,7 @@ bench-static:
 # What --metrics-bind costs: hello world with metrics on vs off (bench/metrics_cost.py; ~5 min).
 bench-metrics:
 	python3 bench/metrics_cost.py
+
+# Load shedding under wrk -c500 against a 0.5 s application (bench/overload.py; ~1 min).
+bench-overload: $(STAMP)
+	python3 bench/overload.py

@@ -30,6 +30,7 @@ RANKS = {
     "rapidwsgi.forwarded": 3,
     "rapidwsgi.log": 3,
     "rapidwsgi.bridge": 4,
+    "rapidwsgi.hooks": 4,  # the server hooks (events and the log only)
     "rapidwsgi.static": 4,  # the --static responder (beside the exchange it feeds)
     "rapidwsgi._cfast": 4.5,  # the C request path (a C extension: imports nothing)
     "rapidwsgi.metrics": 4.6,  # the shared counter slots (its C meter is in _cfast)

@@ -18,7 +18,10 @@ from rapidwsgi.sockets import DEFAULT_PORT, parse_address
 from tests.conftest import ROOT
 from tests.loader_fixtures import named
 
-FIELDS = dataclasses.fields(Config)
+#: The settings with a flag and a variable (the server hooks are a config file's functions:
+#: tests/test_hooks.py).
+FIELDS = tuple(f for f in dataclasses.fields(Config) if not f.metadata["hook"])
+HOOK_FIELDS = tuple(f for f in dataclasses.fields(Config) if f.metadata["hook"])
 FIXTURES = "tests.loader_fixtures"
 
 
@@ -340,6 +343,21 @@ def test_generated_reference_documents_every_setting_flag_and_default() -> None:
             assert f"`{_flag(f)}`" in text
     assert "`--no-date-header`" in text
     assert "`0o0`" in text  # the umask default is shown in octal
+    for f in HOOK_FIELDS:
+        assert f"### `{f.metadata['signature']}`" in text
+
+
+def test_hooks_have_no_flag_or_variable_and_come_from_a_python_config_file(tmp_path: Path) -> None:
+    from rapidwsgi.hooks import HOOKS
+
+    assert sorted(f.name for f in HOOK_FIELDS) == sorted(HOOKS)
+    assert not any(f"--{name.replace('_', '-')}" in build_parser().format_help() for name in HOOKS)
+    assert values_from_env({"RAPIDWSGI_ON_EXIT": "x"}) == {}
+    conf = tmp_path / "c.py"
+    conf.write_text("def on_exit(server):\n    pass\nworkers = 3\n")
+    config = Config.load(["-c", str(conf), "app:app"], environ={})
+    assert config.on_exit is not None and config.on_exit.__name__ == "on_exit"
+    assert config.workers == 3
 
 
 # ------------------------------------------------------------------ bind addresses

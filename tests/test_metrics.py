@@ -46,7 +46,8 @@ def test_the_layout_fits_and_nothing_overlaps() -> None:
     assert metrics.WORDS * 8 <= metrics.RECORDS_AT
     assert metrics.RECORDS_AT + metrics.RECORDS * metrics.RECORD_BYTES == metrics.SLOT_BYTES
     assert metrics.SLOT_BYTES % 8 == 0
-    assert metrics.COUNTERS == metrics.APP_EXCEPTIONS + 1
+    assert metrics.SHED == metrics.APP_EXCEPTIONS + 1
+    assert metrics.COUNTERS == metrics.STUCK + 1 == metrics.SHED + 2
     assert metrics.request_index(2, 7, 5) == metrics.DURATION_BUCKETS - 1
 
 

@@ -26,6 +26,8 @@ from .sockets import parse_address
 from .static import validate_mounts
 
 ENV_PREFIX: Final = "RAPIDWSGI_"
+#: A server hook (hooks.py).
+Hook = Callable[..., object]
 _MISSING: Final[Any] = dataclasses.MISSING
 
 
@@ -59,10 +61,32 @@ def setting(
         "choices": tuple(choices) if choices else None,
         "positional": positional,
         "expects": expects,
+        "hook": False,
     }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def hook_setting(signature: str, help: str) -> Any:
+    """Declare a server hook (hooks.py): a function a Python config file defines, with no
+    command-line flag or environment variable."""
+    return dataclasses.field(
+        default=None,
+        metadata={
+            "help": help,
+            "section": "Server hooks",
+            "flags": (),
+            "metavar": None,
+            "parse": None,
+            "validate": None,
+            "choices": None,
+            "positional": False,
+            "expects": None,
+            "hook": True,
+            "signature": signature,
+        },
+    )
 
 
 # ---------------------------------------------------------------- parsers/validators
@@ -139,6 +163,14 @@ def _header_name(value: str | None) -> str | None:
         return None
     token = value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value) and value.isascii()
     return None if token else "expected a header field name (RFC 9110 §5.1), e.g. X-Request-ID"
+
+
+def _health_path(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith("/") or any(c in value for c in "?# ") or not value.isascii():
+        return "must be an ASCII path starting with /, without a query or spaces"
+    return None
 
 
 def _umask(value: int) -> str | None:
@@ -423,6 +455,73 @@ class Config:
         metavar="BYTES",
         validate=_non_negative,
     )
+    limit_concurrency: int = setting(
+        0,
+        help="Threaded mode: requests one worker runs in the application at once (0: as many "
+        "as --threads; more than --threads is the same as --threads). Beyond it and "
+        "--backlog-requests, a request is answered 503 with Retry-After at once, without "
+        "calling the application or reading its body. Inline mode (--threads 1) runs one "
+        "request at a time and leaves the others in their sockets: bound those with "
+        "--limit-connections.",
+        section="Load and health",
+        metavar="N",
+        validate=_non_negative,
+    )
+    backlog_requests: int = setting(
+        1024,
+        help="Threaded mode: requests one worker keeps waiting for a free thread (beyond "
+        "them: 503). The thread pool's queue is never longer.",
+        section="Load and health",
+        metavar="N",
+        validate=_non_negative,
+    )
+    limit_connections: int = setting(
+        0,
+        help="Connections one worker serves at once (0: no limit). At the limit the worker "
+        "stops accepting, and new connections wait in the kernel's listen queue (--backlog) "
+        "for this worker or another one, instead of being accepted and starved.",
+        section="Load and health",
+        flags=("--worker-connections", "--limit-connections"),
+        metavar="N",
+        validate=_non_negative,
+    )
+    max_worker_memory: int = setting(
+        0,
+        help="Retire a worker whose resident memory (RSS) exceeds this many MiB, checked every "
+        "second, the way --max-requests does: its replacement serves first, its requests "
+        "finish (0: never).",
+        section="Load and health",
+        metavar="MIB",
+        validate=_non_negative,
+    )
+    request_timeout: float = setting(
+        0.0,
+        help="Threaded mode: a request still in the application after this many seconds gets "
+        "its thread's traceback logged; its client gets 504 (or, once the response has "
+        "started, a reset), and the worker is retired (replacement first) while the thread "
+        "stays stuck: Python threads cannot be killed. 0: off. Inline mode has the "
+        "--timeout watchdog.",
+        section="Load and health",
+        metavar="SECONDS",
+        validate=_non_negative,
+    )
+    health_path: str | None = setting(
+        None,
+        help="Answer GET/HEAD of this path on the application's listeners without calling the "
+        "application: 200 while serving, 503 once a stop has begun (a load balancer's "
+        "readiness check).",
+        section="Load and health",
+        metavar="/PATH",
+        validate=_health_path,
+    )
+    shutdown_delay: float = setting(
+        0.0,
+        help="On SIGTERM, keep accepting and serving for this many seconds while --health-path "
+        "answers 503 (so a load balancer stops sending first), then stop gracefully.",
+        section="Load and health",
+        metavar="SECONDS",
+        validate=_non_negative,
+    )
     pid: str | None = setting(
         None,
         help="Write the master's PID to FILE (removed at exit).",
@@ -568,6 +667,40 @@ class Config:
         metavar="SECONDS",
         validate=_non_negative,
     )
+    on_starting: Hook | None = hook_setting(
+        "on_starting(server)", "Master: first thing, before anything is forked."
+    )
+    when_ready: Hook | None = hook_setting(
+        "when_ready(server)", "Master: the listeners are ready, before the first workers start."
+    )
+    pre_fork: Hook | None = hook_setting(
+        "pre_fork(server, worker)", "Master: before each worker is forked (worker.pid is None)."
+    )
+    post_fork: Hook | None = hook_setting(
+        "post_fork(server, worker)", "Worker: right after its fork, before it loads the application."
+    )
+    post_worker_init: Hook | None = hook_setting(
+        "post_worker_init(worker)", "Worker: the application is loaded (worker.app), before serving."
+    )
+    pre_request: Hook | None = hook_setting(
+        "pre_request(worker, req)",
+        "Worker: a request head is complete, before the application (on the event loop; "
+        "turns the C request path off).",
+    )
+    post_request: Hook | None = hook_setting(
+        "post_request(worker, req, environ, resp)",
+        "Worker: the response is sent or aborted (on the event loop; turns the C request path off).",
+    )
+    worker_exit: Hook | None = hook_setting(
+        "worker_exit(server, worker)", "Worker: it stopped serving, just before the process exits."
+    )
+    child_exit: Hook | None = hook_setting(
+        "child_exit(server, worker)", "Master: a worker exited and was reaped (worker.exit_code)."
+    )
+    on_reload: Hook | None = hook_setting(
+        "on_reload(server)", "Master: a reload (SIGHUP, --reload) begins, before the new workers start."
+    )
+    on_exit: Hook | None = hook_setting("on_exit(server)", "Master: just before it exits.")
 
     def protocol_for(self, index: int) -> str:
         """The ``--protocol`` of the ``index``-th listening socket."""
@@ -601,6 +734,10 @@ class Config:
         hints = _hints()
         for f in dataclasses.fields(cls):
             value = getattr(config, f.name)
+            if f.metadata["hook"]:
+                if value is not None and not callable(value):
+                    raise ConfigError(f"hook {f.name!r}: expected a function, got {value!r}")
+                continue
             _check_type(f.name, value, hints[f.name])
             check = f.metadata["validate"]
             choices = f.metadata["choices"]
@@ -750,6 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
     hints = _hints()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(Config):
+        if f.metadata["hook"]:
+            continue  # a config file's function
         section = f.metadata["section"]
         group = groups.get(section)
         if group is None:
@@ -788,7 +927,7 @@ def values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Config):
         raw = environ.get(_env_name(f))
-        if raw is None:
+        if raw is None or f.metadata["hook"]:
             continue
         hint = hints[f.name]
         try:
@@ -845,6 +984,16 @@ def settings_markdown() -> str:
         if f.metadata["section"] != section:
             section = f.metadata["section"]
             out += [f"## {section}", ""]
+            if f.metadata["hook"]:
+                out += [
+                    "Functions defined in a Python config file (`--config FILE.py`), with",
+                    "gunicorn's names and arguments (docs/process.md, Server hooks); a hook",
+                    "that raises is logged and the server goes on.",
+                    "",
+                ]
+        if f.metadata["hook"]:
+            out += [f"### `{f.metadata['signature']}`", "", f.metadata["help"], ""]
+            continue
         hint = hints[f.name]
         base = _base_type(hint)
         if f.metadata["positional"]:

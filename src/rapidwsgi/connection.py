@@ -52,6 +52,7 @@ import tempfile
 import termios
 import threading
 import time
+import traceback
 from asyncio.events import _set_running_loop
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -60,7 +61,14 @@ from typing import IO, Any, Final, cast
 
 from . import metrics
 from .bridge import Exchange
-from .errors import AppError, ClientDisconnected, LocalProtocolError, RemoteProtocolError, RequestTimeout
+from .errors import (
+    AppError,
+    AppTimeout,
+    ClientDisconnected,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestTimeout,
+)
 from .events import NEED_DATA, PAUSED, Data, EndOfMessage, Reply, Request, Response
 from .forwarded import ForwardingPolicy, TrustedPeers
 from .log import AccessLog, AccessRecord, Clock, RequestIds, error_log
@@ -123,6 +131,11 @@ _FIONREAD_BUF: Final = bytes(4)
 PUMP_BUDGET: Final = 32
 #: Bytes one sendfile step may send before yielding to other connections.
 SENDFILE_BUDGET: Final = 4 << 20
+#: What a request answered 503 by load shedding (--backlog-requests) is told: try again
+#: in a second (RFC 9110 §10.2.3), when a thread is likely free.
+SHED_HEADERS: Final = b"Retry-After: 1\r\n"
+#: The health path's answer is never cached on the way (a proxy, a browser).
+HEALTH_HEADERS: Final = b"Cache-Control: no-store\r\n"
 #: Bytes an application thread may have queued for the loop before it waits.
 THREAD_HIGH_WATER: Final = 256 * 1024
 #: Inline mode: helper threads at most for requests waiting for ``100 Continue``; more
@@ -163,8 +176,30 @@ class ServerContext:
         meter: Meter | None = None,
         threads: int = 1,
         request_ids: RequestIds | None = None,
+        health_path: str | None = None,
+        admit_limit: int = 0,
+        request_timeout: float = 0.0,
+        pre_request: Callable[[Request], None] | None = None,
+        post_request: Callable[[Request, Environ, Response | None, int], None] | None = None,
     ) -> None:
         self.app = app
+        #: --health-path: answered here, never by the application (see ``health``).
+        self.health_path = health_path
+        self._health_raw = health_path.encode("latin-1") if health_path is not None else None
+        #: Threaded mode: requests submitted to the pool (running or queued) beyond which
+        #: a new one is answered 503 (--limit-concurrency + --backlog-requests); 0: none.
+        self.admit_limit = admit_limit
+        #: A stop is coming (--shutdown-delay): the health path answers 503 already.
+        self.unready = False
+        #: The pre_request / post_request hooks (hooks.py), bound to the worker.
+        self.pre_request = pre_request
+        self.post_request = post_request
+        #: --request-timeout (threaded mode): see ``check_stuck``.
+        self.request_timeout = request_timeout
+        #: The exchanges running on application threads, by thread id (request_timeout).
+        self._running: dict[int, _Running] = {}
+        #: Threads given up on (answered 504 or reset) that are still running.
+        self.stuck = 0
         #: --request-id-header / the JSON access log: each request's id (Python path).
         self.request_ids = request_ids
         #: This worker's slot in the master's metrics (metrics.py), or None.
@@ -207,7 +242,21 @@ class ServerContext:
                 self.c_meter = meter
             else:
                 self.c_path = False
+        #: What the C path compares PATH_INFO with to hand a request to ``_dispatch``
+        #: (the --static mounts and the health path), and StaticFiles.quick.
+        self.c_prefixes: tuple[str, ...] | None = None if static is None else static.prefixes
+        self.c_bares: tuple[str, ...] | None = None if static is None else static.bares
+        self.c_quick: Any = None if static is None else static.quick
+        if health_path is not None:
+            self.c_prefixes = self.c_prefixes or ()
+            self.c_bares = (*(self.c_bares or ()), health_path)
+        self._static_raw = () if static is None else tuple(p.encode("latin-1") for p in static.prefixes)
         self.connections: set[HTTPConnection] = set()
+        #: --limit-connections: called (on the loop) when ``connections`` reaches the
+        #: limit and when it is below it again (the worker stops / resumes accepting).
+        self.limit_connections = 0
+        self.on_connections_full: Callable[[bool], None] | None = None
+        self.accepting = True
         self.shutting_down = False
         #: When a graceful stop gives up waiting (set by ``shutdown``).
         self.drain_deadline = INF
@@ -235,6 +284,10 @@ class ServerContext:
     def _thread_main(self, exchange: Exchange, method: bytes, path: bytes, started_ns: int) -> None:
         meter = self.meter
         record = self._thread_record() if meter is not None else -1
+        ident = threading.get_ident()
+        if self.request_timeout:
+            with self._busy_lock:
+                self._running[ident] = _Running(exchange, method, path)
         try:
             if meter is not None:
                 meter.begin(record, method, path, started_ns)
@@ -244,6 +297,82 @@ class ServerContext:
                 meter.end(record)
             with self._busy_lock:
                 self.threads_busy -= 1
+                if self.request_timeout:
+                    running = self._running.pop(ident, None)
+                    if running is not None and running.given_up:
+                        self.stuck -= 1
+
+    def _give_up(self, ident: int, entry: _Running) -> bool:
+        """Mark ``entry`` given up on, unless its thread finished meanwhile."""
+        with self._busy_lock:
+            if ident not in self._running:
+                return False
+            entry.given_up = True
+            self.stuck += 1
+            return True
+
+    def check_stuck(self, now: float) -> int:
+        """--request-timeout, from the loop's tick: each request on a thread past the
+        timeout gets its thread's stack logged and is answered 504 (or reset, if its
+        response has started); its thread runs on, out of reach (Python threads cannot
+        be stopped). Returns how many such threads are still running: the worker asks to
+        be retired while there are some (worker.py)."""
+        timeout = self.request_timeout
+        with self._busy_lock:
+            running = list(self._running.items())
+        frames: dict[int, Any] | None = None
+        for ident, entry in running:
+            if entry.given_up or now - entry.started < timeout:
+                continue
+            if frames is None:
+                frames = sys._current_frames()
+            frame = frames.get(ident)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)\n"
+            error_log.error(
+                "%s %s still running after %.1fs (--request-timeout %gs); thread %d stack:\n%s",
+                entry.method.decode("latin-1"),
+                entry.path.decode("latin-1"),
+                now - entry.started,
+                timeout,
+                ident,
+                stack.rstrip("\n"),
+            )
+            if not self._give_up(ident, entry):
+                continue  # it finished meanwhile
+            if self.meter is not None:
+                self.meter.count(metrics.STUCK)
+            sink = entry.exchange.sink
+            if isinstance(sink, ThreadedSink):
+                sink.give_up()
+        return self.stuck
+
+    def overloaded(self, request: Request) -> bool:
+        """Threaded mode: the pool has ``admit_limit`` requests (running or queued) and
+        this one would wait for a thread. The server's own answers (the health path, a
+        --static mount, compared on the raw path) never wait for one."""
+        if self.executor is None or not self.admit_limit or self.threads_busy < self.admit_limit:
+            return False
+        path = request.path
+        return path != self._health_raw and not (self._static_raw and path.startswith(self._static_raw))
+
+    @property
+    def ready(self) -> bool:
+        """What the health path says: serving, and no stop begun or announced."""
+        return not (self.shutting_down or self.unready)
+
+    def connection_opened(self, conn: HTTPConnection) -> None:
+        self.connections.add(conn)
+        limit = self.limit_connections
+        if limit and self.accepting and len(self.connections) >= limit and self.on_connections_full:
+            self.accepting = False
+            self.on_connections_full(True)
+
+    def connection_closed(self, conn: HTTPConnection) -> None:
+        self.connections.discard(conn)
+        limit = self.limit_connections
+        if not self.accepting and len(self.connections) < limit and self.on_connections_full:
+            self.accepting = True
+            self.on_connections_full(False)
 
     def _thread_record(self) -> int:
         """This application thread's record in the meter (the loop thread has 0)."""
@@ -477,7 +606,7 @@ class HTTPConnection:
         self._forwarding = self._peer_trusted and not self.wire.GATEWAY
         self._pooled = self.wire.GATEWAY
         self._proxy_pending = ctx.proxy_protocol
-        ctx.connections.add(self)
+        ctx.connection_opened(self)
         self._deadline = monotonic() + ctx.header_timeout
         if ctx.shutting_down:
             self._closing = True
@@ -485,6 +614,8 @@ class HTTPConnection:
             ctx.c_path
             and ctx.access_log is None
             and ctx.request_ids is None
+            and ctx.pre_request is None
+            and ctx.post_request is None
             and type(self.wire) is H1Connection
         ):
             limits = ctx.limits
@@ -500,9 +631,9 @@ class HTTPConnection:
                 limits.max_line,
                 limits.max_fields,
                 limits.max_field_size,
-                None if ctx.static is None else ctx.static.prefixes,
-                None if ctx.static is None else ctx.static.bares,
-                None if ctx.static is None else ctx.static.quick,
+                ctx.c_prefixes,
+                ctx.c_bares,
+                ctx.c_quick,
                 ctx.c_meter,
             )
 
@@ -596,7 +727,7 @@ class HTTPConnection:
         if fast is not None:
             self._fast = None
             fast.clear()  # (it refers back to this connection)
-        self.ctx.connections.discard(self)
+        self.ctx.connection_closed(self)
         if self._sf_active:
             self._sf_cleanup()
         if self._stream is not None:
@@ -662,6 +793,10 @@ class HTTPConnection:
         self._request = request
         self._dispatched = False
         self._body_in = 0
+        if self.ctx.overloaded(request):
+            self._chunks = None
+            self._shed(request)
+            return
         if request.has_body:
             self._chunks = []
             self._phase = _BODY
@@ -766,7 +901,17 @@ class HTTPConnection:
         self._begin_exchange(environ)
         head_request = request.method == b"HEAD"
         static = ctx.static
-        if static is not None and static.claims(environ):
+        if (
+            ctx.health_path is not None
+            and environ["PATH_INFO"] == ctx.health_path
+            and request.method in (b"GET", b"HEAD")
+        ):
+            # --health-path: the server's own answer, on the loop thread.
+            response, text = error_response(
+                200 if ctx.ready else 503, ctx.clock.date_server, close=False, extra=HEALTH_HEADERS
+            )
+            self._answer(environ, head_request, response, text)
+        elif static is not None and static.claims(environ):
             # Under a --static mount: answered here on the loop thread, whatever
             # --threads says, through the same exchange and writer as an app's response.
             response, body = static.respond(environ, ctx.clock.date_server)
@@ -800,6 +945,30 @@ class HTTPConnection:
             else:
                 ctx.run_helper(exchange, request.method, request.path, self._started_ns)
 
+    def _shed(self, request: Request, environ: Environ | None = None) -> None:
+        """Overloaded (``ServerContext.overloaded``): 503 with Retry-After at once,
+        without the application. A request with a body is answered before any of it is
+        read, and the connection closes after the answer (RFC 9110 §15.6.4)."""
+        ctx = self.ctx
+        if environ is None:
+            environ = build_environ(self._environ_base, request, EMPTY_INPUT)
+        if ctx.meter is not None:
+            ctx.meter.count(metrics.SHED)
+        has_body = request.has_body
+        if has_body:
+            self._closing = True
+        self._begin_exchange(environ)
+        response, body = error_response(503, ctx.clock.date_server, close=has_body, extra=SHED_HEADERS)
+        self._answer(environ, request.method == b"HEAD", response, body)
+
+    def _answer(self, environ: Environ, head_request: bool, response: Response, body: bytes) -> None:
+        """Answer the current request with the server's own ``response`` (through the
+        same exchange and writer as an application's, so it is logged and counted)."""
+        exchange = self._inline_exchange(environ, head_request, None)
+        exchange.response = response
+        exchange.adopt([body], None)
+        exchange.resume()
+
     def _begin_exchange(self, environ: Environ) -> None:
         """The request is complete enough to run: the application owns the time now."""
         ctx = self.ctx
@@ -818,6 +987,8 @@ class HTTPConnection:
             request = self._request
             if request is not None:
                 self._method = metrics.METHOD_INDEX.get(request.method, metrics.OTHER_METHOD)
+        if ctx.pre_request is not None and self._request is not None:
+            ctx.pre_request(self._request)
 
     def _inline_exchange(self, environ: Environ, head_request: bool, context: Any) -> Exchange:
         ctx = self.ctx
@@ -854,6 +1025,9 @@ class HTTPConnection:
         self._request = request
         self._chunks = None
         self._body_in = 0
+        if self.ctx.overloaded(request):
+            self._shed(request, environ)
+            return
         self._dispatch(EMPTY_INPUT, self.ctx.executor is not None, environ)
 
     def _c_exchange(
@@ -1085,6 +1259,8 @@ class HTTPConnection:
                     response.headers if response is not None else b"",
                 )
             )
+        if ctx.post_request is not None and self._environ is not None and self._request is not None:
+            ctx.post_request(self._request, self._environ, self._response, self._sent)
         self._environ = None
 
     def _after_response(self) -> None:
@@ -1265,7 +1441,15 @@ class HTTPConnection:
         )
         self._reply_error(exc)
 
-    def _reply_error(self, exc: RemoteProtocolError) -> None:
+    def give_up(self, sink: ThreadedSink) -> None:
+        """--request-timeout (``ServerContext.check_stuck``): answer 504 for the stuck
+        exchange of ``sink``, if it is still this connection's; its thread's output is
+        dropped from now on."""
+        if self._tsink is not sink or self._lost:
+            return
+        self._reply_error(AppTimeout("the application did not answer within --request-timeout"))
+
+    def _reply_error(self, exc: RemoteProtocolError | AppTimeout) -> None:
         """Answer ``exc.status`` if no response has started, then close; else abort."""
         if self._stream is not None:
             self._stream.feed_error(exc)
@@ -1434,6 +1618,19 @@ class HTTPConnection:
         self._sf_active = False
 
 
+class _Running:
+    """An exchange on an application thread, for --request-timeout."""
+
+    __slots__ = ("exchange", "given_up", "method", "path", "started")
+
+    def __init__(self, exchange: Exchange, method: bytes, path: bytes) -> None:
+        self.exchange = exchange
+        self.method = method
+        self.path = path
+        self.started = monotonic()
+        self.given_up = False
+
+
 class ThreadedSink:
     """The :class:`~rapidwsgi.bridge.Sink` an application thread uses.
 
@@ -1535,3 +1732,7 @@ class ThreadedSink:
         """The server answered for the application (e.g. 400): drop its output."""
         self._cancelled = True
         self.set_disconnected()
+
+    def give_up(self) -> None:
+        """--request-timeout: the server answers for the stuck application (504)."""
+        self._conn.give_up(self)

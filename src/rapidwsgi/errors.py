@@ -91,6 +91,13 @@ class AppError(RapidWSGIError):
     """The WSGI application broke a PEP 3333 rule (bad status, bad header, ...)."""
 
 
+class AppTimeout(RapidWSGIError):
+    """The application did not answer within ``--request-timeout`` (the client gets
+    504 Gateway Timeout, RFC 9110 §15.6.5, if no response had started)."""
+
+    status = 504
+
+
 class ClientDisconnected(OSError):
     """The client went away while the application was reading or writing.
 

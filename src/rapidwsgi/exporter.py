@@ -160,6 +160,8 @@ class Snapshot:
             "timeouts": {p: t[metrics.TIMEOUTS + i] for i, p in enumerate(metrics.TIMEOUT_PHASES)},
             "aborted": t[metrics.ABORTED],
             "app_exceptions": t[metrics.APP_EXCEPTIONS],
+            "shed": t[metrics.SHED],
+            "stuck": t[metrics.STUCK],
             "connections": t[metrics.CONNECTIONS_ACTIVE],
             "idle_connections": t[metrics.CONNECTIONS_IDLE],
             "threads_busy": t[metrics.THREADS_BUSY],
@@ -236,6 +238,16 @@ class Snapshot:
             "rapidwsgi_app_exceptions",
             "Exceptions raised by the application.",
             value=t[metrics.APP_EXCEPTIONS],
+        )
+        yield CounterMetricFamily(
+            "rapidwsgi_requests_shed",
+            "Requests answered 503 at once by load shedding (--limit-concurrency, --backlog-requests).",
+            value=t[metrics.SHED],
+        )
+        yield CounterMetricFamily(
+            "rapidwsgi_requests_stuck",
+            "Requests still in the application after --request-timeout (answered 504 or reset).",
+            value=t[metrics.STUCK],
         )
         for word, name, doc in (
             (metrics.CONNECTIONS_ACTIVE, "rapidwsgi_connections", "Open client connections."),

@@ -23,7 +23,7 @@ Layout of a slot (native-endian unsigned 64-bit words; ``OFFSETS`` names them):
 requests[protocol][method][status class], duration buckets[protocol][bucket]
 (non-cumulative, the last one +Inf), duration sum in ns[protocol], request and
 response body bytes[protocol], parse errors[status], timeouts[phase], aborted
-responses, application exceptions; then the gauges; then ``RECORDS`` records of
+responses, application exceptions, shed requests, stuck requests; then the gauges; then ``RECORDS`` records of
 ``RECORD_BYTES`` bytes each: seq, start (monotonic ns, 0 = idle), method (16 bytes),
 path length (2 bytes) and path.
 """
@@ -94,8 +94,12 @@ PARSE_ERRORS: Final = RESPONSE_BYTES + _NP
 TIMEOUTS: Final = PARSE_ERRORS + len(PARSE_STATUSES)
 ABORTED: Final = TIMEOUTS + len(TIMEOUT_PHASES)
 APP_EXCEPTIONS: Final = ABORTED + 1
+#: Requests answered 503 by load shedding (--limit-concurrency, --backlog-requests).
+SHED: Final = APP_EXCEPTIONS + 1
+#: Requests still in the application past --request-timeout.
+STUCK: Final = SHED + 1
 #: Counters end here: everything before is folded when a worker dies.
-COUNTERS: Final = APP_EXCEPTIONS + 1
+COUNTERS: Final = STUCK + 1
 CONNECTIONS_ACTIVE: Final = COUNTERS
 CONNECTIONS_IDLE: Final = COUNTERS + 1
 THREADS_BUSY: Final = COUNTERS + 2

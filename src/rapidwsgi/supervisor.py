@@ -25,12 +25,16 @@ Rules:
    worker a zygote reports is adopted, even after the zygote exited (its replies are
    read to the end first); one of a superseded generation is stopped at once, and a
    zygote of a superseded generation is never restarted.
-7. ``--max-requests``: a worker that reports ``Q`` keeps serving until a replacement
-   serves, then it is stopped gracefully.
+7. ``--max-requests``, ``--max-worker-memory``, ``--request-timeout``: a worker that
+   asks to be retired (``Q``, ``M``, ``S``) keeps serving until a replacement serves,
+   then it is stopped gracefully.
 8. SIGTERM / SIGINT: graceful stop within ``--graceful-timeout`` (then SIGKILL); a
    repeated SIGTERM changes nothing, a SIGINT during a graceful stop (Ctrl-C twice) or a
    SIGQUIT stops at once: the workers get SIGQUIT, cut their connections and exit (SIGKILL
-   only for one whose loop is blocked). SIGTTIN / SIGTTOU: one worker more / fewer.
+   only for one whose loop is blocked). With ``--shutdown-delay``, a SIGTERM first sends
+   the workers SIGUSR2 (their health path answers 503; they serve on as before) and
+   the graceful stop starts when the delay is over. SIGTTIN / SIGTTOU: one worker
+   more / fewer.
    SIGUSR1: reopen logs (master, zygotes, workers).
 """
 
@@ -51,7 +55,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
-from . import __version__
+from . import __version__, hooks
 from .config import Config
 from .errors import AppLoadError, ExitCode
 from .exporter import Exporter
@@ -91,8 +95,19 @@ _PR_SET_CHILD_SUBREAPER: Final = 36
 class WorkerProcess:
     """The master's record of one worker."""
 
-    def __init__(self, pid: int, generation: int, fd: int, now: float, slot: int = -1) -> None:
+    def __init__(
+        self,
+        pid: int,
+        generation: int,
+        fd: int,
+        now: float,
+        slot: int = -1,
+        info: hooks.WorkerInfo | None = None,
+    ) -> None:
         self.pid = pid
+        #: What the hooks are given as ``worker`` (hooks.py).
+        self.info = info or hooks.WorkerInfo(0, generation, None)
+        self.info.pid = pid
         self.generation = generation
         self.fd = fd
         #: Its slot in the metrics region (metrics.py), -1 without metrics.
@@ -103,6 +118,8 @@ class WorkerProcess:
         self.last_beat = now
         self.ready_at: float | None = None
         self.retiring = False
+        #: Why it asked to be retired (worker.Supervision.RETIRE).
+        self.retire_message = b""
         self.stop_sent: float | None = None
         self.abort_sent: float | None = None
 
@@ -138,6 +155,8 @@ class Zygote:
         self.spawns: dict[int, int] = {}
         #: The metrics slot reserved for each of those spawns.
         self.spawn_slots: dict[int, int] = {}
+        #: ... and the hooks' view of it (hooks.WorkerInfo).
+        self.spawn_infos: dict[int, hooks.WorkerInfo] = {}
 
 
 class Master:
@@ -155,6 +174,9 @@ class Master:
         whoever created them and are left in place. ``metrics_socket``: the bound
         ``--metrics-bind`` listener."""
         self.config = config
+        #: gunicorn's names, for the hooks (``server.cfg``, ``server.log``).
+        self.cfg = config
+        self.log = error_log
         self.sockets = sockets
         self.num_workers = config.workers or os.cpu_count() or 1
         self.pid = os.getpid()
@@ -166,6 +188,8 @@ class Master:
         self.stopping: str | None = None  # "graceful" or "quick" once asked to stop
         self.stop_reason = ""
         self.stop_deadline = 0.0
+        #: --shutdown-delay: when the graceful stop a SIGTERM asked for begins.
+        self.stop_at: float | None = None
         self.exit_code = ExitCode.OK
         self.ever_ready = False
         self.boot_failures = 0
@@ -208,6 +232,7 @@ class Master:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> int:
+        hooks.run(self.config.on_starting, "on_starting", self)
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w)
@@ -234,6 +259,7 @@ class Master:
                 "(Linux >= 5.14) to have them handed to another worker",
                 TCP_MIGRATE_REQ.replace("/proc/sys/", "").replace("/", "."),
             )
+        hooks.run(self.config.when_ready, "when_ready", self)
         if self.config.preload:
             self._start_zygote(self.generation)
         try:
@@ -245,12 +271,15 @@ class Master:
                 self._watchdog()
                 if self.exporter is not None:
                     self.exporter.tick(time.monotonic())
+                if self.stop_at is not None and not self.stopping and time.monotonic() >= self.stop_at:
+                    self.stop(graceful=True, reason="SIGTERM, after --shutdown-delay")
                 if not self.stopping:
                     self._manage()
                 elif time.monotonic() > self.stop_deadline:
                     self._kill_all()
         finally:
             self._cleanup()
+            hooks.run(self.config.on_exit, "on_exit", self)
         error_log.info("Master %d exiting (%d)", self.pid, int(self.exit_code))
         return int(self.exit_code)
 
@@ -300,11 +329,32 @@ class Master:
         pass  # reaping happens in every turn of the loop
 
     def handle_hup(self) -> None:
+        if self.stop_at is not None:
+            error_log.info("Hang-up during --shutdown-delay: not reloading")
+            return
         error_log.info("Hang-up: reloading")
         self.reload()
 
     def handle_term(self) -> None:
+        delay = self.config.shutdown_delay
+        if delay and self.stopping is None and self.stop_at is None:
+            self.announce_stop(delay)
+            return
+        if self.stop_at is not None and self.stopping is None:
+            error_log.info("SIGTERM again during --shutdown-delay: the stop begins when it is over")
+            return
         self.stop(graceful=True, reason="SIGTERM")
+
+    def announce_stop(self, delay: float) -> None:
+        """--shutdown-delay: the workers' health path says 503 now (SIGUSR2); they serve
+        on as before, and the graceful stop begins in ``delay`` seconds."""
+        self.stop_at = time.monotonic() + delay
+        error_log.info("SIGTERM: health checks answer 503; stopping in %gs (--shutdown-delay)", delay)
+        if self.pending is not None:
+            self._abort_generation(self.pending, "shutting down")
+        for worker in self.workers.values():
+            if not worker.stopping:
+                _kill(worker.pid, signal.SIGUSR2)
 
     def handle_int(self) -> None:
         # Ctrl-C twice: the second one stops at once (docs/process.md).
@@ -339,6 +389,7 @@ class Master:
         if self.pending is not None:
             self._abort_generation(self.pending, "superseded by a newer reload")
         self.pending = max(self.generation, self.pending or 0, *self.failed_generations, 0) + 1
+        hooks.run(self.config.on_reload, "on_reload", self)
         error_log.info("Starting worker generation %d", self.pending)
         if self.config.preload:
             self._start_zygote(self.pending)
@@ -401,11 +452,12 @@ class Master:
             for _ in range(wanted):
                 if not self._spawn(self.generation, now):
                     break
-        # Retire workers that asked for it (max-requests) once enough others serve.
+        # Retire workers that asked for it once enough others serve (rule 7).
         ready = [w for w in active if w.ready]
         for worker in current:
             if worker.retiring and len(ready) >= self.num_workers:
-                self._stop_worker(worker, "served its --max-requests", "max_requests")
+                why, cause = Supervision.RETIRE[worker.retire_message]
+                self._stop_worker(worker, why, cause)
         # SIGTTOU: stop the oldest extra workers.
         if len(active) > self.num_workers:
             for worker in sorted(active, key=lambda w: w.spawned)[: len(active) - self.num_workers]:
@@ -483,6 +535,8 @@ class Master:
             # Numbered, so that its reply names the pipe that goes with the worker.
             self._spawn_counter += 1
             request = self._spawn_counter
+            info = hooks.WorkerInfo(request, generation, self.config)
+            hooks.run(self.config.pre_fork, "pre_fork", self, info)
             slot = self._acquire_slot()
             read_fd, write_fd = _pipe()
             try:
@@ -498,7 +552,11 @@ class Master:
                 os.close(write_fd)
             zygote.spawns[request] = read_fd
             zygote.spawn_slots[request] = slot
+            zygote.spawn_infos[request] = info
             return True
+        self._spawn_counter += 1
+        info = hooks.WorkerInfo(self._spawn_counter, generation, self.config)
+        hooks.run(self.config.pre_fork, "pre_fork", self, info)
         slot = self._acquire_slot()
         read_fd, write_fd = _pipe()
         pid = _fork()
@@ -509,11 +567,11 @@ class Master:
                 supervision = Supervision(
                     write_fd, self.pid, self._beat_interval(), max_requests, self._region(), slot
                 )
-                worker_process(self.config, self.sockets, supervision, None)
+                worker_process(self.config, self.sockets, supervision, None, self, info)
             finally:
                 os._exit(1)
         os.close(write_fd)
-        self._adopt(pid, generation, read_fd, slot)
+        self._adopt(pid, generation, read_fd, slot, info)
         return True
 
     def _acquire_slot(self) -> int:
@@ -527,8 +585,10 @@ class Master:
     def _region(self) -> object:
         return self.slots.region if self.slots is not None else None
 
-    def _adopt(self, pid: int, generation: int, read_fd: int, slot: int = -1) -> None:
-        worker = WorkerProcess(pid, generation, read_fd, time.monotonic(), slot)
+    def _adopt(
+        self, pid: int, generation: int, read_fd: int, slot: int = -1, info: hooks.WorkerInfo | None = None
+    ) -> None:
+        worker = WorkerProcess(pid, generation, read_fd, time.monotonic(), slot, info)
         self.workers[pid] = worker
         error_log.info("Booting worker %d (generation %d)", pid, generation)
         code = self._early_exits.pop(pid, None)
@@ -581,7 +641,14 @@ class Master:
                 master_end.close()
                 self._forget_in_child()
                 zygote_process(
-                    self.config, self.sockets, zygote_end, self.pid, self._beat_interval(), self._region()
+                    self.config,
+                    self.sockets,
+                    zygote_end,
+                    self.pid,
+                    self._beat_interval(),
+                    self._region(),
+                    self,
+                    generation,
                 )
             finally:
                 os._exit(1)
@@ -610,8 +677,9 @@ class Master:
             _, request, pid = message.split()
             read_fd = zygote.spawns.pop(int(request), None)
             slot = zygote.spawn_slots.pop(int(request), -1)
+            info = zygote.spawn_infos.pop(int(request), None)
             if read_fd is not None:
-                self._adopt(int(pid), zygote.generation, read_fd, slot)
+                self._adopt(int(pid), zygote.generation, read_fd, slot, info)
             if not self._spawns_in_flight_anywhere():
                 self._early_exits.clear()
         return True
@@ -630,6 +698,7 @@ class Master:
             for slot in zygote.spawn_slots.values():
                 self.slots.drop(slot)
         zygote.spawn_slots.clear()
+        zygote.spawn_infos.clear()
         if not self._spawns_in_flight_anywhere():
             self._early_exits.clear()
 
@@ -657,8 +726,14 @@ class Master:
             self.ever_ready = True
             self.boot_failures = 0
             error_log.info("Worker %d serving", worker.pid)
-        if Supervision.RETIRING in data and not worker.retiring:
-            worker.retiring = True
+            if self.stop_at is not None:
+                _kill(worker.pid, signal.SIGUSR2)  # a replacement started during the delay
+        if not worker.retiring:
+            for message in Supervision.RETIRE:
+                if message in data:
+                    worker.retiring = True
+                    worker.retire_message = message
+                    break
 
     def _reap(self) -> None:
         while True:
@@ -697,6 +772,8 @@ class Master:
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         os.close(worker.fd)
+        worker.info.exit_code = code
+        hooks.run(self.config.child_exit, "child_exit", self, worker.info)
         if self.slots is not None:
             # Reaped: nothing writes its slot any more (metrics.py rule 3).
             self.slots.release(worker.slot)
@@ -839,22 +916,35 @@ class Master:
 
 
 def worker_process(
-    config: Config, sockets: list[socket.socket], supervision: Supervision, app: WSGIApp | None
+    config: Config,
+    sockets: list[socket.socket],
+    supervision: Supervision,
+    app: WSGIApp | None,
+    server: object = None,
+    info: hooks.WorkerInfo | None = None,
 ) -> NoReturn:
-    """The body of a worker process (after fork): load the app if needed, serve, exit."""
+    """The body of a worker process (after fork): load the app if needed, serve, exit.
+    ``server`` and ``info``: what the hooks get as ``server`` and ``worker``."""
     faulthandler.enable(all_threads=True)  # SIGABRT from the watchdog prints tracebacks
     random.seed()
+    if info is None:
+        info = hooks.WorkerInfo(0, 0, config)
+    info.started()
+    hooks.run(config.post_fork, "post_fork", server, info)
     if app is None:
         try:
             app = load_app(config.app or "")
         except AppLoadError as exc:
             error_log.error("%s%s", exc, f"\n{exc.detail.rstrip()}" if exc.detail else "")
             _flush_and_exit(ExitCode.APP_LOAD)
+    info.app = app
+    hooks.run(config.post_worker_init, "post_worker_init", info)
     try:
-        status = Worker(config, app, sockets, errors_stream, supervision).run()
+        status = Worker(config, app, sockets, errors_stream, supervision, info).run()
     except BaseException:
         error_log.exception("Worker crashed")
         _flush_and_exit(1)
+    hooks.run(config.worker_exit, "worker_exit", server, info)
     _flush_and_exit(status)
 
 
@@ -865,6 +955,8 @@ def zygote_process(
     master_pid: int,
     beat: float,
     metrics_region: object = None,
+    server: object = None,
+    generation: int = 0,
 ) -> NoReturn:
     """Import the application once, then fork workers on the master's request.
 
@@ -934,7 +1026,8 @@ def zygote_process(
                         _close_quietly(fd)
                     sock.close()
                     supervision = Supervision(fds[0], master_pid, beat, max_requests, metrics_region, slot)
-                    worker_process(config, sockets, supervision, app)
+                    info = hooks.WorkerInfo(request, generation, config)
+                    worker_process(config, sockets, supervision, app, server, info)
                 finally:
                     os._exit(1)
             sock.send(b"pid %d %d" % (request, worker))
@@ -990,18 +1083,19 @@ def _fork() -> int:
     serve on. So the child resets them (``_CHILD_DEFAULT``, ``_CHILD_IGNORE``) and drops
     the parent's wakeup fd; the signals stay blocked across the fork, so that one sent in
     between is delivered only once the child's own handling is in place. SIGUSR1 (reopen
-    the logs) stays blocked in the child until it installs its handler (the worker's
-    event loop, the zygote's loop): its default action would kill the child. The
-    parent's mask is restored at once.
+    the logs) and SIGUSR2 (a stop announced, --shutdown-delay) stay blocked in the child
+    until it installs its handler (the worker's event loop; the zygote's loop, for
+    SIGUSR1): their default action would kill the child. The parent's mask is restored
+    at once.
     """
-    blocked = {signal.SIGUSR1, *_CHILD_DEFAULT}
+    blocked = {signal.SIGUSR1, signal.SIGUSR2, *_CHILD_DEFAULT}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     pid = os.fork()
     if pid != 0:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         return pid
     signal.set_wakeup_fd(-1)
-    for signum in (*_CHILD_DEFAULT, signal.SIGUSR1):
+    for signum in (*_CHILD_DEFAULT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_DFL)
     for signum in _CHILD_IGNORE:
         signal.signal(signum, signal.SIG_IGN)

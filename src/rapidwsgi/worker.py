@@ -28,7 +28,10 @@ from typing import Any, Final, cast
 from . import __version__
 from .config import Config
 from .connection import C_PATH_DEFAULT, HTTPConnection, ServerContext
+from .events import Request, Response
 from .forwarded import ForwardingPolicy, TrustedPeers
+from .hooks import HookRequest, HookResponse, WorkerInfo
+from .hooks import run as run_hook
 from .log import AccessLog, Clock, RequestIds, error_log, reopen_error_log
 from .metrics import Meter, make_meter
 from .protocols.base import Limits, ServerConnection
@@ -66,6 +69,19 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+_Factory = Callable[[], asyncio.BaseProtocol]
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def base_environ(config: Config, errors: object) -> Environ:
     """The environ keys that are the same for every request of this process."""
     return {
@@ -87,13 +103,23 @@ class Supervision:
 
     ``notify_fd`` is the write end of this worker's pipe to the master: the worker
     writes ``READY`` once it serves, ``BEAT`` every ``beat_interval`` seconds from its
-    event loop (so a blocked loop falls silent), and ``RETIRING`` once it has served
-    ``max_requests`` requests. ``master_pid`` lets the worker notice an orphaning.
+    event loop (so a blocked loop falls silent), and one of the ``RETIRE`` messages
+    once it wants to be replaced: it has served ``max_requests`` requests, its memory
+    is over ``--max-worker-memory``, or a thread is stuck past ``--request-timeout``.
+    ``master_pid`` lets the worker notice an orphaning.
     """
 
     READY: Final = b"R"
     BEAT: Final = b"."
     RETIRING: Final = b"Q"
+    RETIRING_MEMORY: Final = b"M"
+    RETIRING_STUCK: Final = b"S"
+    #: Each retirement message: (why, for the log; the restart cause, for the metrics).
+    RETIRE: Final = {
+        RETIRING: ("served its --max-requests", "max_requests"),
+        RETIRING_MEMORY: ("over --max-worker-memory", "memory"),
+        RETIRING_STUCK: ("a thread stuck past --request-timeout", "stuck"),
+    }
 
     def __init__(
         self,
@@ -131,8 +157,11 @@ class Worker:
         sockets: list[socket.socket],
         errors: object = None,
         supervision: Supervision | None = None,
+        info: WorkerInfo | None = None,
     ) -> None:
         self.config = config
+        #: What the request hooks get as ``worker`` (hooks.py).
+        self.info = info if info is not None else WorkerInfo(0, 0, config)
         self.app = app
         self.sockets = sockets
         self.errors = errors if errors is not None else sys.stderr
@@ -148,6 +177,12 @@ class Worker:
         self._served = 0
         self._retiring = False
         self._timers: list[asyncio.TimerHandle] = []
+        #: SIGUSR2 from the master: a stop is coming (--shutdown-delay).
+        self._unready = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._listen_task: asyncio.Task[None] | None = None
+        #: (socket, protocol factory, TLS context, handshake timeout) per listener.
+        self._listeners: list[tuple[socket.socket, _Factory, Any, float | None]] = []
 
     def run(self) -> int:
         loop = new_event_loop(self.config.loop)
@@ -187,6 +222,12 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._stop.set)
 
+    def _on_unready(self, signum: int, frame: object = None) -> None:
+        # SIGUSR2 from the master (--shutdown-delay): a flag; the health path reads it.
+        self._unready = True
+        if self._ctx is not None:
+            self._ctx.unready = True
+
     def _install_signals(self) -> None:
         loop = self._loop
         assert loop is not None
@@ -206,10 +247,12 @@ class Worker:
             # been handled without knowing that the worker is stopping.
             signal.signal(signum, self._on_signal)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
-        # The master forks its children with SIGUSR1 blocked (a log rotation during
-        # the application's import would otherwise kill them): the handler is in
-        # place now, so a pending one is delivered here, and later ones as they come.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        signal.signal(signal.SIGUSR2, self._on_unready)
+        # The master forks its children with SIGUSR1 and SIGUSR2 blocked (a log
+        # rotation or a stop announced during the application's import would otherwise
+        # kill them): the handlers are in place now, so a pending one is delivered
+        # here, and later ones as they come.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1, signal.SIGUSR2})
 
     def _reopen_logs(self) -> None:
         ctx = self._ctx
@@ -244,8 +287,10 @@ class Worker:
             if config.access_logfile
             else None
         )
+        # --limit-concurrency: at most that many requests in the application at once.
+        running = min(config.threads, config.limit_concurrency or config.threads)
         executor = (
-            ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rapidwsgi-app")
+            ThreadPoolExecutor(max_workers=running, thread_name_prefix="rapidwsgi-app")
             if config.threads > 1
             else None
         )
@@ -281,17 +326,25 @@ class Worker:
             proxy_protocol=config.proxy_protocol,
             static=StaticFiles.from_config(config),
             on_request_done=self._request_done if self.supervision is not None else None,
+            health_path=config.health_path,
+            # The pool's queue is bounded: --backlog-requests beyond the running ones.
+            admit_limit=running + config.backlog_requests if executor is not None else 0,
+            request_timeout=config.request_timeout if executor is not None else 0.0,
+            pre_request=self._pre_request if config.pre_request is not None else None,
+            post_request=self._post_request if config.post_request is not None else None,
         )
+        ctx.limit_connections = config.limit_connections
+        ctx.on_connections_full = self._connections_full
         self._ctx = ctx
         if self._signal is not None:
             ctx.shutting_down = True  # a signal came while the context was being built
+        ctx.unready = self._unready
         # Everything alive now (modules, the application, its caches) lives as long as
         # the worker: keep the cyclic garbage collector from traversing it again at
         # every collection the requests' allocations trigger (and from touching pages
         # shared with the master after fork).
         gc.collect()
         gc.freeze()
-        servers = []
         # Loaded here, in each worker, so that a reload picks up renewed certificate files
         # (the master already checked that they load).
         tls, problem = worker_context(config)
@@ -308,20 +361,10 @@ class Worker:
             # connection and stays silent holds it no longer.
             tls_on = tls if secure else None
             limit = config.header_timeout if secure else None
-            # libuv accepts one connection per loop iteration and listening handle
-            # (libuv 1.45, PR 3696); an iteration of a worker with thousands of busy
-            # connections takes tens of milliseconds, so a burst of new clients would
-            # wait in the listen queue for seconds (wrk -c2000 timeouts). Each extra
-            # handle on a dup of the socket accepts one more per iteration, natively;
-            # when the queue is shorter, it costs one accept() that fails with EAGAIN.
-            for handle in range(ACCEPT_HANDLES):
-                listener = sock if handle == 0 else sock.dup()
-                server = await loop.create_server(
-                    factory, sock=listener, backlog=config.backlog, ssl=tls_on, ssl_handshake_timeout=limit
-                )
-                servers.append(server)
+            self._listeners.append((sock, factory, tls_on, limit))
             if self.supervision is None:
                 error_log.info("Listening at: %s (%d)", describe(sock, secure), os.getpid())
+        self._servers = await self._listen()
         error_log.info(
             "Serving %s with %s, %s",
             config.app,
@@ -329,6 +372,8 @@ class Worker:
             f"{config.threads} application threads" if config.threads > 1 else "the application inline",
         )
         self._every(TICK, ctx.tick)
+        if self.supervision is not None and (config.max_worker_memory or ctx.request_timeout):
+            self._every(TICK, self._check_health)
         if self.supervision is not None:
             self.supervision.send(Supervision.READY)
             self._every(self.supervision.beat_interval, self._beat)
@@ -340,8 +385,11 @@ class Worker:
             signal.Signals(self._signal).name if self._signal else "stop",
             "" if not graceful else f", waiting up to {config.graceful_timeout:g}s for requests",
         )
-        for server in servers:
-            server.close()
+        self._stop_accepting()
+        for sock, *_ in self._listeners:
+            # This process's copy of each listening socket too: once every process that
+            # holds one has closed it, new connections are refused, not queued unserved.
+            sock.close()
         deadline = time.monotonic() + config.graceful_timeout
         # Idle connections of a front-end's pool stay open until their keep-alive
         # deadline, at most until this one (HTTPConnection.begin_shutdown).
@@ -366,6 +414,102 @@ class Worker:
         self._stuck_threads = ctx.threads_busy
         error_log.info("Worker stopped")
         return 0
+
+    async def _listen(self) -> list[asyncio.AbstractServer]:
+        """Accept on every listening socket (again, after ``_stop_accepting``).
+
+        libuv accepts one connection per loop iteration and listening handle (libuv
+        1.45, PR 3696); an iteration of a worker with thousands of busy connections
+        takes tens of milliseconds, so a burst of new clients would wait in the listen
+        queue for seconds (wrk -c2000 timeouts). Each extra handle on a dup of the
+        socket accepts one more per iteration, natively; when the queue is shorter, it
+        costs one accept() that fails with EAGAIN. Every handle is on a dup, so that
+        closing them (--limit-connections) leaves the socket itself, and the
+        connections queued on it, in place.
+        """
+        loop = asyncio.get_running_loop()
+        servers: list[asyncio.AbstractServer] = []
+        for sock, factory, tls_on, limit in self._listeners:
+            for _ in range(ACCEPT_HANDLES):
+                server = await loop.create_server(
+                    factory,
+                    sock=sock.dup(),
+                    backlog=self.config.backlog,
+                    ssl=tls_on,
+                    ssl_handshake_timeout=limit,
+                )
+                servers.append(server)
+        return servers
+
+    def _stop_accepting(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers = []
+
+    def _connections_full(self, full: bool) -> None:
+        """--limit-connections (ServerContext.connection_opened / _closed): stop
+        accepting at the limit, so that new connections wait in the kernel's queue (for
+        this worker or another), and accept again below it."""
+        if full:
+            error_log.debug("--limit-connections %d reached: not accepting", self.config.limit_connections)
+            self._stop_accepting()
+        elif self._listen_task is None and self._stop is not None and not self._stop.is_set():
+            self._listen_task = asyncio.get_running_loop().create_task(self._accept_again())
+
+    async def _accept_again(self) -> None:
+        try:
+            servers = await self._listen()
+        except OSError:  # the stop closed the sockets meanwhile
+            self._listen_task = None
+            return
+        self._listen_task = None
+        ctx = self._ctx
+        if (self._stop is not None and self._stop.is_set()) or (ctx is not None and not ctx.accepting):
+            for server in servers:
+                server.close()  # the stop began, or the limit was reached again, meanwhile
+            return
+        self._servers = servers
+
+    def _pre_request(self, request: Request) -> None:
+        run_hook(self.config.pre_request, "pre_request", self.info, HookRequest(request))
+
+    def _post_request(self, request: Request, environ: Environ, response: Response | None, sent: int) -> None:
+        run_hook(
+            self.config.post_request,
+            "post_request",
+            self.info,
+            HookRequest(request),
+            environ,
+            HookResponse(response, sent),
+        )
+
+    def _check_health(self) -> None:
+        """Every tick: --max-worker-memory and --request-timeout (replace-first)."""
+        ctx = self._ctx
+        supervision = self.supervision
+        if ctx is None or supervision is None:
+            return
+        stuck = ctx.check_stuck(time.monotonic()) if ctx.request_timeout else 0
+        if self._retiring:
+            return
+        limit = self.config.max_worker_memory
+        if limit:
+            rss = rss_bytes()
+            if rss > limit << 20:
+                self._retire(
+                    Supervision.RETIRING_MEMORY,
+                    f"resident memory {rss / (1 << 20):.1f} MiB is over --max-worker-memory {limit} MiB",
+                )
+                return
+        if stuck:
+            self._retire(Supervision.RETIRING_STUCK, f"{stuck} thread(s) stuck past --request-timeout")
+
+    def _retire(self, message: bytes, why: str) -> None:
+        """Ask the master for a replacement; keep serving until it stops this worker."""
+        assert self.supervision is not None
+        self._retiring = True
+        error_log.warning("%s; asking to be retired", why)
+        self.supervision.send(message)
 
     def _every(self, interval: float, action: Callable[[], object]) -> None:
         """Run ``action`` every ``interval`` seconds on the loop until the worker stops."""

@@ -502,15 +502,16 @@ def _diagnose_headers(headers: list[tuple[str, str]]) -> str:
 
 
 def error_response(
-    status: int, date_server: tuple[bytes, bytes, bytes, bytes], close: bool = True
+    status: int, date_server: tuple[bytes, bytes, bytes, bytes], close: bool = True, extra: bytes = b""
 ) -> tuple[Response, bytes]:
-    """A minimal plain-text response the server itself sends (4xx/5xx)."""
+    """A minimal plain-text response the server itself sends (4xx/5xx, the health
+    path's 200); ``extra``: more header lines, each ending in CRLF."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
     body = f"{status} {phrase}\n".encode("latin-1")
-    head = b"Content-Type: text/plain; charset=utf-8\r\n" + date_server[0]
+    head = b"Content-Type: text/plain; charset=utf-8\r\n" + extra + date_server[0]
     return Response(status, f"{status} {phrase}".encode("latin-1"), head, len(body), close), body
 
 
