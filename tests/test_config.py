@@ -46,6 +46,9 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "statsd_host": ("127.0.0.1:8125", "127.0.0.1:8125"),
         "error_log_format": ("json", "json"),
         "request_id_header": ("X-Request-ID", "X-Request-ID"),
+        "health_path": ("/healthz", "/healthz"),
+        "reload_extra_files": ("settings.ini,templates/base.html", ["settings.ini", "templates/base.html"]),
+        "reload_include": ("*.html", ["*.html"]),
     }
     if f.name in by_name:
         return by_name[f.name]

@@ -106,6 +106,79 @@ def test_every_hook_fires_in_its_process_in_order_with_gunicorns_arguments(
     assert log[11]["pid"] == first and log[13]["pid"] == second
 
 
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One server's life with every hook: boot, a request, a SIGHUP, a stop (shared by
+    the per-hook tests below)."""
+    hook_log = tmp_path_factory.mktemp("hooks") / "hooks.jsonl"
+    server = ServerProcess("apps:app", "-c", EVERY_HOOK, env={"HOOK_LOG": str(hook_log)})
+    try:
+        first = int(server.wait_for_log(r"Worker (\d+) serving").group(1))
+        with RawConnection(server.address) as conn:
+            body = conn.request(get("/hello?x=1")).body
+        assert wait_until(lambda: bool(named(hook_log, "post_request")), 5.0)
+        server.signal(signal.SIGHUP)
+        assert wait_until(lambda: bool(named(hook_log, "child_exit")), 15.0)
+        second = int(server.wait_for_log(rf"Worker (?!{first})(\d+) serving").group(1))
+    finally:
+        code = server.stop()
+    return {
+        "code": code,
+        "master": server.proc.pid,
+        "first": first,
+        "second": second,
+        "body": body,
+        "log": records(hook_log),
+    }
+
+
+MASTER_HOOKS = ("on_starting", "when_ready", "pre_fork", "child_exit", "on_reload", "on_exit")
+#: Each hook: how many times it fires in that life, and in which process(es).
+EXPECTED = {
+    "on_starting": (1, "master"),
+    "when_ready": (1, "master"),
+    "pre_fork": (2, "master"),
+    "post_fork": (2, "workers"),
+    "post_worker_init": (2, "workers"),
+    "pre_request": (1, "first"),
+    "post_request": (1, "first"),
+    "worker_exit": (2, "workers"),
+    "child_exit": (2, "master"),
+    "on_reload": (1, "master"),
+    "on_exit": (1, "master"),
+}
+
+
+@pytest.mark.parametrize("hook", list(EXPECTED))
+def test_each_hook_fires_its_number_of_times_in_its_process(lifecycle: dict[str, Any], hook: str) -> None:
+    from rapidwsgi.hooks import HOOKS
+
+    assert set(EXPECTED) == set(HOOKS)
+    assert lifecycle["code"] == 0
+    fired = [r for r in lifecycle["log"] if r["hook"] == hook]
+    count, where = EXPECTED[hook]
+    assert len(fired) == count, fired
+    pids = {
+        "master": [lifecycle["master"]] * count,
+        "workers": [lifecycle["first"], lifecycle["second"]],
+        "first": [lifecycle["first"]],
+    }[where]
+    if hook in ("worker_exit",):
+        pids = [lifecycle["first"], lifecycle["second"]]  # the old one at the reload, then the new one
+    assert [r["pid"] for r in fired] == pids
+    if hook in MASTER_HOOKS and "server_pid" in fired[0]:
+        assert fired[0]["server_pid"] == lifecycle["master"]
+    if hook == "child_exit":
+        assert [(r["worker_pid"], r["exit_code"]) for r in fired] == [
+            (lifecycle["first"], 0),
+            (lifecycle["second"], 0),
+        ]
+    if hook == "pre_fork":
+        assert [(r["worker_pid"], r["age"]) for r in fired] == [(None, 1), (None, 2)]
+    if hook == "post_fork":
+        assert [r["age"] for r in fired] == [1, 2]
+
+
 def test_a_hook_that_raises_is_logged_and_the_request_and_server_go_on(
     start_server: Start, hook_log: Path
 ) -> None:

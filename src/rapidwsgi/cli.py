@@ -34,10 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return stats_main(args[1:])
     try:
-        config = Config.load(argv)
+        config, sources = Config.load_with_sources(argv)
     except ConfigError as exc:
         print(f"rapidwsgi: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    if config.print_config:
+        sys.stdout.write(config.describe(sources))
+        return ExitCode.OK
     if not config.app:
         build_parser().print_usage(sys.stderr)
         print("rapidwsgi: error: the application (MODULE:APP) is required", file=sys.stderr)
@@ -63,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE
+    if config.check_config:
+        return check_config(config)
     try:
         sockets, created = open_sockets(config)
         metrics_socket = None
@@ -89,6 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         error_log.error("%s", exc)
         return ExitCode.USAGE
     return Master(config, sockets, unlink_at_exit=created, metrics_socket=metrics_socket).run()
+
+
+def check_config(config: Config) -> int:
+    """``--check-config``: import the application as a worker would (after the checks
+    ``main`` made), without binding or forking; a failure is the one line (and the
+    import's traceback) of a failed start, with its exit status."""
+    from .errors import AppLoadError
+    from .loader import load_app
+
+    try:
+        load_app(config.app or "")
+    except AppLoadError as exc:
+        error_log.error("%s%s", exc, f"\n{exc.detail.rstrip()}" if exc.detail else "")
+        return ExitCode.APP_LOAD
+    print("rapidwsgi: configuration OK")
+    return ExitCode.OK
 
 
 #: Never ask for more descriptors than this, even when the hard limit is unlimited.

@@ -202,6 +202,19 @@ class Config:
         flags=("-c", "--config"),
         metavar="FILE",
     )
+    check_config: bool = setting(
+        False,
+        help="Load the settings and the application (as a worker would), print "
+        "'rapidwsgi: configuration OK' and exit 0; or a one-line error and a non-zero exit. "
+        "Binds nothing, starts nothing.",
+        section="Application",
+    )
+    print_config: bool = setting(
+        False,
+        help="Print the effective settings, one per line, each with where it came from "
+        "(default, file, env, cli), and exit.",
+        section="Application",
+    )
     chdir: str | None = setting(
         None,
         help="Change to DIR before loading the application (it is also put first on sys.path).",
@@ -368,6 +381,24 @@ class Config:
         help="Development: restart the workers (rolling) when a Python file under the working "
         "directory, --chdir or --pythonpath changes (uses watchfiles when installed).",
         section="Worker",
+    )
+    reload_extra_files: list[str] = setting(
+        help="With --reload: also reload when one of these files changes (templates, settings "
+        "files; anywhere, not only under the watched directories). Repeatable, or comma-separated.",
+        section="Worker",
+        flags=("--reload-extra-file", "--reload-extra-files"),
+        metavar="FILE",
+        parse=_comma_list,
+        default_factory=list,
+    )
+    reload_include: list[str] = setting(
+        help="With --reload: also reload when a file matching this glob changes under the "
+        "watched directories (matched against the relative path and the file name: '*.html', "
+        "'templates/*'). Repeatable, or comma-separated.",
+        section="Worker",
+        metavar="GLOB",
+        parse=_comma_list,
+        default_factory=list,
     )
     loop: str = setting(
         "auto",
@@ -715,13 +746,33 @@ class Config:
     @classmethod
     def load(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
         """Settings from the command line, environment and config file, validated."""
+        return cls.load_with_sources(argv, environ)[0]
+
+    @classmethod
+    def load_with_sources(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> tuple[Config, dict[str, str]]:
+        """:meth:`load`, and where each setting came from: ``cli``, ``env``, ``file`` or
+        ``default`` (the highest layer that set it)."""
         environ = os.environ if environ is None else environ
         cli = vars(build_parser().parse_args(argv))
         env = values_from_env(environ)
         config_file = cli.get("config") or env.get("config")
         file_values = values_from_file(config_file) if config_file else {}
         merged: dict[str, Any] = {**file_values, **env, **cli}
-        return cls.from_values(merged)
+        sources = {f.name: "default" for f in dataclasses.fields(cls)}
+        for source, values in (("file", file_values), ("env", env), ("cli", cli)):
+            sources.update(dict.fromkeys(values, source))
+        return cls.from_values(merged), sources
+
+    def describe(self, sources: Mapping[str, str]) -> str:
+        """``--print-config``: ``name = value  # source``, one line per setting."""
+        lines = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown = f"<function {value.__qualname__}>" if callable(value) else repr(value)
+            lines.append(f"{f.name} = {shown}  # {sources.get(f.name, 'default')}")
+        return "\n".join(lines) + "\n"
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Config:
@@ -755,6 +806,8 @@ class Config:
             raise ConfigError(
                 f"--cert-reqs {config.cert_reqs}: client certificates need --ca-certs to verify them"
             )
+        if (config.reload_extra_files or config.reload_include) and not config.reload:
+            raise ConfigError("--reload-extra-files and --reload-include need --reload")
         if len(config.protocol) not in (1, len(config.bind)):
             raise ConfigError(
                 f"--protocol: give one for all binds or one per --bind ({len(config.bind)}), "

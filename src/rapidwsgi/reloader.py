@@ -1,13 +1,16 @@
 """``--reload``: notice changed Python files, for development.
 
 Contract: :meth:`Reloader.changes` returns the paths (relative to the watched roots)
-of ``.py`` files created, modified or deleted since the previous call. It uses
+of the files created, modified or deleted since the previous call: ``.py`` files and
+files matching a ``--reload-include`` glob under the watched roots, and the
+``--reload-extra-files`` (wherever they are; they are stat()ed at each call). It uses
 watchfiles (inotify) in a background thread when that package is installed, and a
 stat() scan of the watched trees otherwise; the caller polls it from its loop.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import threading
 from collections.abc import Iterator
@@ -33,6 +36,11 @@ def watched_roots(config: Config) -> list[str]:
 class Reloader:
     def __init__(self, config: Config) -> None:
         self.roots = watched_roots(config)
+        #: --reload-include: globs matched against the path relative to its root (``*``
+        #: also crosses ``/``, so ``*.html`` is any HTML file) and against the file name.
+        self.include = list(config.reload_include)
+        self.extra = [os.path.abspath(p) for p in config.reload_extra_files]
+        self._extra_mtimes = {p: _mtime(p) for p in self.extra}
         self._lock = threading.Lock()
         self._changed: set[str] = set()
         self._stop = threading.Event()
@@ -53,17 +61,35 @@ class Reloader:
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info")]
                 for name in filenames:
-                    if name.endswith(".py"):
-                        path = os.path.join(dirpath, name)
+                    path = os.path.join(dirpath, name)
+                    if self.wanted(path, root):
                         try:
                             yield path, os.stat(path).st_mtime
                         except OSError:
                             continue
 
+    def wanted(self, path: str, root: str) -> bool:
+        """A file whose change reloads: ``.py``, or matching a --reload-include glob."""
+        if path.endswith(".py"):
+            return True
+        if not self.include:
+            return False
+        rel = os.path.relpath(path, root)
+        name = os.path.basename(path)
+        return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in self.include)
+
     def _watch(self, watchfiles: object) -> None:
         watch = getattr(watchfiles, "watch")  # noqa: B009 - optional dependency
-        python_filter = getattr(watchfiles, "PythonFilter")()  # noqa: B009
-        for changes in watch(*self.roots, watch_filter=python_filter, stop_event=self._stop):
+        default_filter = getattr(watchfiles, "DefaultFilter")()  # noqa: B009
+
+        def keep(change: object, path: str) -> bool:
+            # watchfiles' default filter skips .git, __pycache__, editors' swap files...
+            if not default_filter(change, path):
+                return False
+            root = next((r for r in self.roots if path.startswith(r + os.sep)), None)
+            return root is not None and self.wanted(path, root)
+
+        for changes in watch(*self.roots, watch_filter=keep, stop_event=self._stop):
             with self._lock:
                 self._changed.update(path for _, path in changes)
 
@@ -76,6 +102,11 @@ class Reloader:
         else:
             with self._lock:
                 changed, self._changed = self._changed, set()
+        for path in self.extra:
+            mtime = _mtime(path)
+            if mtime != self._extra_mtimes[path]:
+                self._extra_mtimes[path] = mtime
+                changed.add(path)
         return sorted(self._relative(p) for p in changed)
 
     def _relative(self, path: str) -> str:
@@ -86,3 +117,11 @@ class Reloader:
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _mtime(path: str) -> float | None:
+    """The modification time of ``path``, None if it does not exist."""
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
