@@ -191,6 +191,7 @@ class ServerContext:
         self.admit_limit = admit_limit
         #: A stop is coming (--shutdown-delay): the health path answers 503 already.
         self.unready = False
+        self._answers: dict[tuple[int, bool, bytes], tuple[Any, Response, bytes]] = {}
         #: The pre_request / post_request hooks (hooks.py), bound to the worker.
         self.pre_request = pre_request
         self.post_request = post_request
@@ -345,6 +346,19 @@ class ServerContext:
             if isinstance(sink, ThreadedSink):
                 sink.give_up()
         return self.stuck
+
+    def server_response(self, status: int, close: bool, extra: bytes) -> tuple[Response, bytes]:
+        """A response the server writes itself (``error_response``), made once per
+        second (its Date) for each kind: answers under overload must be cheap. Shared,
+        so never changed: ``close`` is part of the kind (``send_head`` only sets a
+        closing response's ``close`` again)."""
+        date = self.clock.date_server
+        key = (status, close, extra)
+        cached = self._answers.get(key)
+        if cached is None or cached[0] is not date:
+            response, body = error_response(status, date, close, extra)
+            cached = self._answers[key] = (date, response, body)
+        return cached[1], cached[2]
 
     def overloaded(self, request: Request) -> bool:
         """Threaded mode: the pool has ``admit_limit`` requests (running or queued) and
@@ -907,10 +921,7 @@ class HTTPConnection:
             and request.method in (b"GET", b"HEAD")
         ):
             # --health-path: the server's own answer, on the loop thread.
-            response, text = error_response(
-                200 if ctx.ready else 503, ctx.clock.date_server, close=False, extra=HEALTH_HEADERS
-            )
-            self._answer(environ, head_request, response, text)
+            self._answer(200 if ctx.ready else 503, False, HEALTH_HEADERS)
         elif static is not None and static.claims(environ):
             # Under a --static mount: answered here on the loop thread, whatever
             # --threads says, through the same exchange and writer as an app's response.
@@ -958,16 +969,15 @@ class HTTPConnection:
         if has_body:
             self._closing = True
         self._begin_exchange(environ)
-        response, body = error_response(503, ctx.clock.date_server, close=has_body, extra=SHED_HEADERS)
-        self._answer(environ, request.method == b"HEAD", response, body)
+        self._answer(503, has_body, SHED_HEADERS)
 
-    def _answer(self, environ: Environ, head_request: bool, response: Response, body: bytes) -> None:
-        """Answer the current request with the server's own ``response`` (through the
-        same exchange and writer as an application's, so it is logged and counted)."""
-        exchange = self._inline_exchange(environ, head_request, None)
-        exchange.response = response
-        exchange.adopt([body], None)
-        exchange.resume()
+    def _answer(self, status: int, close: bool, extra: bytes) -> None:
+        """Answer the current request with the server's own plain-text ``status``
+        (``ServerContext.server_response``), written like an error: logged and counted
+        as any response (``_after_response``), the body dropped for HEAD by the wire."""
+        close = close or self._closing or self.ctx.shutting_down
+        response, body = self.ctx.server_response(status, close, extra)
+        self.send_head(response, body, True)
 
     def _begin_exchange(self, environ: Environ) -> None:
         """The request is complete enough to run: the application owns the time now."""
