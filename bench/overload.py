@@ -7,8 +7,9 @@ keep-alive connections ask for thousands. What is checked (issue 13's bar):
 - every answer is a 200 or a 503 (wrk's per-status counts, from a Lua script), and
   wrk reports no socket error and no timeout (``--timeout 10s``: a queued request waits
   at most 16 / 4 x 0.5 + 0.5 = 2.5 s);
-- the 503s are fast: a probe on its own keep-alive connection (as wrk's clients) sends one ``/sleep`` request every
-  20 ms during the flood and times each answer; the p99 of the 503s it got;
+- the 503s are fast: a probe on its own keep-alive connection (as wrk's clients) sends
+  one ``/sleep`` request every 20 ms during the flood and times each answer; the p99 of
+  the 503s it got (a second probe opens a new connection for each request);
 - the health path keeps answering 200 (a second probe, every 100 ms, timed too);
 - the server's memory stays flat: master + worker RSS sampled every 0.5 s.
 

@@ -1,189 +1,430 @@
-"""``--check-config``, ``--print-config``, ``--reload-extra-files`` and
-``--reload-include``: exact output and exit statuses of the real command, and the
-reloader's changes for extra files and globs."""
+"""``--check-config``, ``--print-config`` and ``--reload-extra-files`` / ``--reload-include``.
+
+The command-line checks run ``python -m rapidwsgi`` to completion; the reloader is
+tested in-process with both backends (watchfiles, and the stat() scan with watchfiles
+made unimportable) and end to end through a real server on 127.0.0.1.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rapidwsgi.config import Config
 from rapidwsgi.errors import ConfigError
-from rapidwsgi.reloader import Reloader
-from tests.conftest import SOURCE_MODE, SRC, TESTS, ServerProcess
-from tests.rawhttp import RawConnection, get, wait_until
+from rapidwsgi.reloader import Reloader, glob_regex
+from tests.conftest import SRC, TESTS, ServerProcess
+from tests.rawhttp import RawConnection, get
 
-Start = type[ServerProcess]
+Starter = type[ServerProcess]
+FIELD_NAMES = [f.name for f in dataclasses.fields(Config)]
 
 
-def rapidwsgi(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = TESTS
+def _run(
+    *args: str, cwd: Path = TESTS, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith("RAPIDWSGI_") or k == "RAPIDWSGI_NO_C"
-    }
-    paths = [str(TESTS), str(SRC) if SOURCE_MODE else ""]
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RAPIDWSGI_")}
     full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(SRC)])
     return subprocess.run(
         [sys.executable, "-m", "rapidwsgi", *args],
         cwd=cwd,
         env=full_env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=30,
         check=False,
     )
 
 
-# ---------------------------------------------------------------------- --check-config
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A 127.0.0.1 port this test listens on: a server that binds it fails with EADDRINUSE."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
-def test_check_config_imports_the_app_binds_nothing_and_says_ok() -> None:
-    # A port we hold: serving would fail with "address in use"; checking binds nothing.
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        done = rapidwsgi("--check-config", "--bind", f"127.0.0.1:{port}", "--threads", "4", "apps:app")
-    assert (done.returncode, done.stdout) == (0, "rapidwsgi: configuration OK\n")
-    assert "Listening" not in done.stderr and "Booting" not in done.stderr
+# ------------------------------------------------------------------ --check-config
 
 
-def test_check_config_of_an_app_that_does_not_import_exits_4_with_its_error() -> None:
-    done = rapidwsgi("--check-config", "no_such_module_here:app")
-    assert done.returncode == 4
-    assert done.stdout == ""
-    assert "No module named 'no_such_module_here'" in done.stderr.splitlines()[0]
+def test_check_config_of_a_good_app_prints_one_line_and_binds_nothing(held_port: int) -> None:
+    result = _run("--check-config", "--bind", f"127.0.0.1:{held_port}", "apps:app")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "rapidwsgi: configuration OK\n", "")
 
 
-def test_check_config_of_a_bad_setting_exits_2_with_one_line() -> None:
-    done = rapidwsgi("--check-config", "--workers", "many", "apps:app")
-    assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == "rapidwsgi: error: --workers: 'many' is not an integer or 'auto'\n"
+def test_the_held_port_really_makes_a_server_fail(held_port: int) -> None:
+    # The control experiment of the test above: binding that port is an error (exit 5).
+    result = _run("--bind", f"127.0.0.1:{held_port}", "apps:app")
+    assert result.returncode == 5
+    assert "Address already in use" in result.stderr
 
 
-def test_check_config_of_a_missing_static_directory_exits_2(tmp_path: Path) -> None:
-    done = rapidwsgi("--check-config", "--static", f"/s/={tmp_path / 'nope'}", "apps:app")
-    assert done.returncode == 2 and done.stdout == ""
-    assert "nope" in done.stderr
+def test_check_config_of_an_unimportable_app_exits_4_with_one_line(held_port: int) -> None:
+    result = _run("--check-config", "--bind", f"127.0.0.1:{held_port}", "nosuchmodule:app")
+    assert result.returncode == 4
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "rapidwsgi: error: cannot import module 'nosuchmodule': No module named 'nosuchmodule' "
+        f"(sys.path[0] is {str(TESTS)!r})"
+    ]
 
 
-# ---------------------------------------------------------------------- --print-config
+def test_check_config_of_an_app_raising_on_import_adds_its_traceback() -> None:
+    result = _run("--check-config", "loader_fixtures.raises_on_import:app")
+    assert result.returncode == 4
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "rapidwsgi: error: error while importing 'loader_fixtures.raises_on_import': "
+        "RuntimeError: fixture exploded while importing"
+    )
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "RuntimeError: fixture exploded while importing"
+    assert "rapidwsgi" + os.sep + "loader.py" not in result.stderr
 
 
-def test_print_config_shows_every_setting_with_where_it_came_from(tmp_path: Path) -> None:
-    conf = tmp_path / "conf.py"
-    conf.write_text("workers = 3\nthreads = 2\ndef on_exit(server):\n    pass\n")
-    done = rapidwsgi("--print-config", "-c", str(conf), "--threads", "8", env={"RAPIDWSGI_KEEP_ALIVE": "7"})
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert "workers = 3  # file" in lines
-    assert "threads = 8  # cli" in lines  # the command line wins over the file
-    assert "keep_alive = 7.0  # env" in lines
+def test_check_config_imports_the_app_from_chdir_as_a_worker_would(tmp_path: Path) -> None:
+    (tmp_path / "onlyhere.py").write_text("def app(environ, start_response):\n    return [b'']\n")
+    result = _run("--check-config", "--chdir", str(tmp_path), "onlyhere:app")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "rapidwsgi: configuration OK\n", "")
+    assert _run("--check-config", "onlyhere:app").returncode == 4  # not importable from tests/
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--certfile", "/nonexistent/cert.pem"),
+            "--certfile /nonexistent/cert.pem: cannot load the certificate and key: "
+            "No such file or directory",
+        ),
+        (
+            ("--static", "/s/=/nonexistent/dir"),
+            "static mount '/s/=/nonexistent/dir': '/nonexistent/dir' is not a directory",
+        ),
+        (("--chdir", "/nonexistent"), "cannot change directory to '/nonexistent': No such file or directory"),
+        (("--user", "no-such-user-x"), "unknown user or group: getpwnam(): name not found: 'no-such-user-x'"),
+        ((), "the application (MODULE:APP) is required"),
+    ],
+)
+def test_check_config_reports_what_the_server_checks_before_binding(
+    args: tuple[str, ...], message: str
+) -> None:
+    app = () if not args else ("apps:app",)
+    result = _run("--check-config", *args, *app)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"rapidwsgi: error: {message}"
+
+
+def test_check_config_of_a_malformed_bind_address_exits_5() -> None:
+    result = _run("--check-config", "--bind", "127.0.0.1:notaport", "apps:app")
+    assert result.returncode == 5
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("rapidwsgi: error: ")
+
+
+# ------------------------------------------------------------------ --print-config
+
+
+@pytest.mark.parametrize(("name", "text"), [("conf.py", "threads = 2\n"), ("conf.toml", "threads = 2\n")])
+def test_print_config_names_every_setting_with_its_value_and_source(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    result = _run("--print-config", "--config", str(cfg), "-w", "4", env={"RAPIDWSGI_KEEP_ALIVE": "8"})
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert [line.split(" = ", 1)[0] for line in lines] == FIELD_NAMES  # every one, in table order
+    assert "threads = 2  # file" in lines
+    assert "keep_alive = 8.0  # env" in lines
+    assert "workers = 4  # cli" in lines
     assert "backlog = 2048  # default" in lines
     assert "app = None  # default" in lines
-    assert "on_exit = <function on_exit>  # file" in lines
-    assert f"config = {str(conf)!r}  # cli" in lines
-    import dataclasses
-
-    assert [line.split(" = ")[0] for line in lines] == [f.name for f in dataclasses.fields(Config)]
+    assert f"config = {str(cfg)!r}  # cli" in lines
+    assert "bind = ['127.0.0.1:8000']  # default" in lines
+    assert "print_config = True  # cli" in lines
 
 
-def test_load_with_sources_names_the_highest_layer(tmp_path: Path) -> None:
-    conf = tmp_path / "c.toml"
-    conf.write_text("[rapidwsgi]\nworkers = 2\nkeep-alive = 9\n")
+def test_print_config_does_not_serve_or_need_the_app(held_port: int) -> None:
+    result = _run("--print-config", "--bind", f"127.0.0.1:{held_port}", "apps:app")
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "app = 'apps:app'  # cli"
+    assert f"bind = ['127.0.0.1:{held_port}']  # cli" in lines
+
+
+def test_load_with_sources_names_the_layer_that_won(tmp_path: Path) -> None:
+    cfg = tmp_path / "conf.py"
+    cfg.write_text("threads = 2\nbacklog = 100\nbind = 'unix:/from-file.sock'\n")
     config, sources = Config.load_with_sources(
-        ["-c", str(conf), "app:app"], environ={"RAPIDWSGI_WORKERS": "5"}
+        ["--config", str(cfg), "--backlog", "7"], environ={"RAPIDWSGI_THREADS": "3"}
     )
-    assert (config.workers, sources["workers"]) == (5, "env")
-    assert (config.keep_alive, sources["keep_alive"]) == (9, "file")
-    assert (config.app, sources["app"]) == ("app:app", "cli")
-    assert sources["threads"] == "default"
+    assert (config.threads, config.backlog, config.bind) == (3, 7, ["unix:/from-file.sock"])
+    assert (sources["threads"], sources["backlog"], sources["bind"]) == ("env", "cli", "file")
+    assert sources["keep_alive"] == "default"
+    assert set(sources) == set(FIELD_NAMES)
+    assert (
+        Config.load(["--config", str(cfg)], environ={})
+        == Config.load_with_sources(["--config", str(cfg)], {})[0]
+    )
 
 
-# ---------------------------------------------------------------------- reload extras
+# ------------------------------------------------------------------ reload options: validation
 
 
-def test_reload_extras_need_reload() -> None:
-    with pytest.raises(ConfigError, match="^--reload-extra-files and --reload-include need --reload$"):
-        Config.load(["--reload-include", "*.html", "app:app"], environ={})
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--reload-include", "*.html"], "--reload-include needs --reload (nothing is watched without it)"),
+        (
+            ["--reload-extra-file", "a.toml"],
+            "--reload-extra-files needs --reload (nothing is watched without it)",
+        ),
+        (
+            ["--reload-extra-files", "a,b", "--reload-include", "*.txt"],
+            "--reload-extra-files and --reload-include need --reload (nothing is watched without it)",
+        ),
+        (
+            ["--reload", "--reload-include", ""],
+            "--reload-include: an empty pattern names nothing; give e.g. *.html",
+        ),
+        (
+            ["--reload", "--reload-include", "  "],
+            "--reload-include: an empty pattern names nothing; give e.g. *.html",
+        ),
+    ],
+)
+def test_reload_options_are_validated(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.load(argv, environ={})
+    assert str(info.value) == message
 
 
-def _config(root: Path, *args: str) -> Config:
-    return Config.load(["--reload", "--chdir", str(root), *args, "app:app"], environ={})
+def test_reload_extra_file_alias_and_comma_lists_accumulate() -> None:
+    config = Config.load(
+        [
+            "--reload",
+            "--reload-extra-file",
+            "a.toml",
+            "--reload-extra-files",
+            "b.yaml,c.ini",
+            "--reload-include",
+            "*.html",
+            "--reload-include",
+            "*.txt",
+        ],
+        environ={},
+    )
+    assert config.reload_extra_files == ["a.toml", "b.yaml", "c.ini"]
+    assert config.reload_include == ["*.html", "*.txt"]
 
 
-def _changes(reloader: Reloader, timeout: float = 5.0) -> list[str]:
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("*.html", "page.html", True),
+        ("*.html", "templates/deep/page.html", True),  # no slash: the name at any depth
+        ("*.html", "page.htm", False),
+        ("templates/**/*.txt", "templates/a.txt", True),
+        ("templates/**/*.txt", "templates/x/y/a.txt", True),
+        ("templates/**/*.txt", "other/templates/a.txt", False),
+        ("templates/*.txt", "templates/x/a.txt", False),  # * never crosses a slash
+        ("./conf/?.ini", "conf/a.ini", True),
+        ("conf/?.ini", "conf/ab.ini", False),
+        ("data/[!_]*.json", "data/x.json", True),
+        ("data/[!_]*.json", "data/_x.json", False),
+        ("static/**", "static/css/site.css", True),
+    ],
+)
+def test_include_globs_match_paths_relative_to_the_root(pattern: str, path: str, matches: bool) -> None:
+    assert bool(glob_regex(pattern).fullmatch(path)) is matches
+
+
+# ------------------------------------------------------------------ Reloader.changes, both backends
+
+
+@pytest.fixture(params=["stat", "watchfiles"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "stat":
+        monkeypatch.setitem(sys.modules, "watchfiles", None)  # import watchfiles -> ImportError
+    else:
+        pytest.importorskip("watchfiles")
+    return str(request.param)
+
+
+def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    project = tmp_path / "project"
+    (project / "templates").mkdir(parents=True)
+    (project / "node_modules").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    monkeypatch.chdir(project)  # the watched root
+    return project, outside
+
+
+def _changes_until(reloader: Reloader, expected: set[str], timeout: float = 10.0) -> set[str]:
+    """Every change reported until ``expected`` has been (or ``timeout`` seconds pass)."""
+    seen: set[str] = set()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = reloader.changes()
-        if found:
-            return found
+    while True:
+        seen.update(reloader.changes())
+        if expected <= seen or time.monotonic() > deadline:
+            return seen
         time.sleep(0.05)
-    return []
 
 
-@pytest.fixture
-def stat_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stat() scan (watchfiles made unimportable)."""
-    monkeypatch.setitem(sys.modules, "watchfiles", None)
+def _bump(path: Path, text: str) -> None:
+    """Modify ``path`` with an mtime surely different from the last one (coarse clocks)."""
+    before = path.stat().st_mtime
+    path.write_text(text)
+    os.utime(path, (before + 5, before + 5))
 
 
-def test_reloader_sees_include_globs_and_extra_files_and_ignores_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stat_backend: None
+def _ready(reloader: Reloader, path: Path, reported: str, backend: str) -> None:
+    """watchfiles watches from a thread: wait until it reports a change to ``path``
+    (as ``reported``), then drain what it reported."""
+    if backend == "stat":
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        path.write_text(str(time.monotonic()))
+        if reported in _changes_until(reloader, {reported}, timeout=0.5):
+            time.sleep(0.3)
+            reloader.changes()
+            return
+    raise AssertionError("watchfiles never reported a change")
+
+
+def test_include_glob_changes_are_reported_and_other_files_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
-    root = tmp_path / "project"
-    (root / "templates" / "blog").mkdir(parents=True)
-    page = root / "templates" / "blog" / "post.html"
-    page.write_text("v1")
-    notes = root / "notes.txt"
-    notes.write_text("v1")
-    outside = tmp_path / "settings.ini"
-    outside.write_text("v1")
-    monkeypatch.chdir(root)
-    reloader = Reloader(_config(root, "--reload-include", "*.html", "--reload-extra-files", str(outside)))
-    assert reloader.changes() == []
-    time.sleep(0.01)
-    page.write_text("v2")
-    os.utime(page, (time.time() + 5, time.time() + 5))
-    assert _changes(reloader) == [os.path.join("templates", "blog", "post.html")]
-    notes.write_text("v2")  # neither .py nor included
-    os.utime(notes, (time.time() + 5, time.time() + 5))
-    assert reloader.changes() == []
-    outside.write_text("v2")
-    os.utime(outside, (time.time() + 5, time.time() + 5))
-    assert _changes(reloader) == [str(outside)]
-    outside.unlink()  # a deleted extra file is a change too
-    assert _changes(reloader) == [str(outside)]
-    reloader.close()
+    project, _ = _project(tmp_path, monkeypatch)
+    config = Config.from_values({"reload": True, "reload_include": ["*.html"]})
+    reloader = Reloader(config)
+    try:
+        _ready(reloader, project / "sentinel.py", "sentinel.py", backend)
+        assert reloader.changes() == []
+        (project / "notes.txt").write_text("not watched")
+        (project / "node_modules" / "skipped.html").write_text("skipped directory")
+        page = project / "templates" / "page.html"
+        page.write_text("<p>created</p>")
+        assert _changes_until(reloader, {"templates/page.html"}) == {"templates/page.html"}
+        _bump(page, "<p>modified</p>")
+        assert _changes_until(reloader, {"templates/page.html"}) == {"templates/page.html"}
+        page.unlink()
+        assert _changes_until(reloader, {"templates/page.html"}) == {"templates/page.html"}
+        (project / "app.py").write_text("# .py files are still watched\n")
+        assert _changes_until(reloader, {"app.py"}) == {"app.py"}
+    finally:
+        reloader.close()
 
 
-def test_a_template_change_reloads_a_real_server(start_server: Start, tmp_path: Path) -> None:
-    (tmp_path / "page.html").write_text("<p>v1</p>")
-    (tmp_path / "tplsite.py").write_text(
-        "import os\n"
-        "def app(environ, start_response):\n"
-        "    body = open('page.html', 'rb').read() + b' ' + str(os.getpid()).encode()\n"
-        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
-        "    return [body]\n"
+def test_extra_file_outside_the_roots_is_watched_by_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    project, outside = _project(tmp_path, monkeypatch)
+    extra = outside / "settings.toml"
+    extra.write_text("a = 1\n")
+    (outside / "neighbour.toml").write_text("b = 1\n")
+    inside = project / "templates" / "base.txt"
+    config = Config.from_values(
+        {"reload": True, "reload_extra_files": [str(extra), os.path.join("templates", "base.txt")]}
     )
-    server = start_server("tplsite:app", "--reload", "--reload-include", "*.html", cwd=tmp_path)
+    reloader = Reloader(config)
+    try:
+        _ready(reloader, project / "sentinel.py", "sentinel.py", backend)
+        _ready(reloader, extra, str(extra), backend)  # its own (non-recursive) watcher
+        assert reloader.changes() == []
+        (outside / "neighbour.toml").write_text("b = 2\n")  # the same directory, not asked for
+        _bump(extra, "a = 2\n")
+        assert _changes_until(reloader, {str(extra)}) == {str(extra)}
+        extra.unlink()
+        assert _changes_until(reloader, {str(extra)}) == {str(extra)}
+        inside.write_text("created: a relative extra file, in the root\n")
+        assert _changes_until(reloader, {"templates/base.txt"}) == {"templates/base.txt"}
+    finally:
+        reloader.close()
 
-    def body() -> bytes:
-        with RawConnection(server.address) as conn:
-            return conn.request(get("/")).body
 
-    first = body()
-    assert first.startswith(b"<p>v1</p> ")
-    (tmp_path / "page.html").write_text("<p>v2</p>")
-    assert wait_until(
-        lambda: body().startswith(b"<p>v2</p> ") and body().split()[-1] != first.split()[-1], 15.0
-    )
-    assert "page.html" in server.stderr
+def test_an_absent_extra_file_that_appears_is_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "watchfiles", None)
+    _, outside = _project(tmp_path, monkeypatch)
+    extra = outside / "later.toml"
+    reloader = Reloader(Config.from_values({"reload": True, "reload_extra_files": [str(extra)]}))
+    assert reloader.changes() == []
+    extra.write_text("x = 1\n")
+    assert reloader.changes() == [str(extra)]
+    assert reloader.changes() == []
+
+
+# ------------------------------------------------------------------ end to end
+
+
+PIDAPP = """\
+import os
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+def _pid_of(server: ServerProcess) -> int:
+    with RawConnection(server.address, timeout=5) as conn:
+        response = conn.request(get("/"))
+    assert response.status == 200
+    return int(response.body)
+
+
+@pytest.mark.parametrize("reloader_backend", ["stat", "watchfiles"])
+def test_touching_an_included_html_file_reloads_a_real_server(
+    tmp_path: Path, start_server: Starter, reloader_backend: str
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pidapp.py").write_text(PIDAPP)
+    page = project / "page.html"
+    page.write_text("<p>1</p>")
+    env: dict[str, str] = {}
+    if reloader_backend == "stat":
+        blocker = tmp_path / "no-watchfiles" / "watchfiles"
+        blocker.mkdir(parents=True)
+        (blocker / "__init__.py").write_text("raise ImportError('watchfiles disabled by the test')\n")
+        env["PYTHONPATH"] = str(blocker.parent)
+    else:
+        pytest.importorskip("watchfiles")
+    server = start_server("pidapp:app", "--reload", "--reload-include", "*.html", cwd=project, env=env)
+    shown = "watchfiles" if reloader_backend == "watchfiles" else "a stat() scan once a second"
+    server.wait_for_log(re.escape(f"Reloading on changes ({shown})"))
+    first = _pid_of(server)
+    (project / "notes.txt").write_text("not watched\n")
+    time.sleep(1.5)  # a scan (once a second) or a watchfiles batch later: no reload for it
+    assert _pid_of(server) == first
+    deadline = time.monotonic() + 30
+    pid = first
+    while pid == first and time.monotonic() < deadline:
+        page.write_text(f"<p>{time.monotonic()}</p>")
+        changed = time.monotonic() + 5
+        while pid == first and time.monotonic() < changed:
+            time.sleep(0.1)
+            pid = _pid_of(server)
+    assert pid != first, server.stderr[-2000:]
+    server.wait_for_log(r"Changed: page\.html; reloading")
+    assert "notes.txt" not in server.stderr

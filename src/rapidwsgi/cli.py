@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import importlib.util
 import os
 import pwd
 import resource
@@ -18,8 +19,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from .config import Config, build_parser
-from .errors import BindError, ConfigError, ExitCode
+from .config import Config, build_parser, effective_settings
+from .errors import AppLoadError, BindError, ConfigError, ExitCode
+from .loader import load_app
 from .log import error_log, setup_error_log
 from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
 from .static import StaticFiles
@@ -39,26 +41,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rapidwsgi: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     if config.print_config:
-        sys.stdout.write(config.describe(sources))
-        return ExitCode.OK
+        sys.stdout.write("".join(line + "\n" for line in effective_settings(config, sources)))
+        sys.stdout.flush()
+        if not config.check_config:
+            return ExitCode.OK
     if not config.app:
         build_parser().print_usage(sys.stderr)
         print("rapidwsgi: error: the application (MODULE:APP) is required", file=sys.stderr)
         return ExitCode.USAGE
+    if config.check_config:
+        return check_config(config)
     setup_error_log(config.log_level, config.error_logfile, config.error_log_format)
 
-    if config.chdir:
-        try:
-            os.chdir(config.chdir)
-        except OSError as exc:
-            error_log.error("cannot change directory to %r: %s", config.chdir, exc.strerror)
-            return ExitCode.USAGE
-    # Like gunicorn: the working directory's modules are importable.
-    sys.path.insert(0, os.getcwd())
-    if config.pythonpath:
-        for path in reversed(config.pythonpath.split(",")):
-            if path.strip():
-                sys.path.insert(0, os.path.abspath(path.strip()))
+    try:
+        enter_app_directory(config)
+    except ConfigError as exc:
+        error_log.error("%s", exc)
+        return ExitCode.USAGE
 
     try:
         load_at_start(config)  # a certificate or key that does not load: an error now
@@ -66,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE
-    if config.check_config:
-        return check_config(config)
     try:
         sockets, created = open_sockets(config)
         metrics_socket = None
@@ -96,18 +93,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     return Master(config, sockets, unlink_at_exit=created, metrics_socket=metrics_socket).run()
 
 
-def check_config(config: Config) -> int:
-    """``--check-config``: import the application as a worker would (after the checks
-    ``main`` made), without binding or forking; a failure is the one line (and the
-    import's traceback) of a failed start, with its exit status."""
-    from .errors import AppLoadError
-    from .loader import load_app
+def enter_app_directory(config: Config) -> None:
+    """``--chdir`` and ``--pythonpath``: where the workers import the application from."""
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            raise ConfigError(f"cannot change directory to {config.chdir!r}: {exc.strerror}") from None
+    # Like gunicorn: the working directory's modules are importable.
+    sys.path.insert(0, os.getcwd())
+    if config.pythonpath:
+        for path in reversed(config.pythonpath.split(",")):
+            if path.strip():
+                sys.path.insert(0, os.path.abspath(path.strip()))
 
+
+def check_config(config: Config) -> int:
+    """``--check-config``: what :func:`main` checks before binding, then the application
+    imported as a worker imports it; binds nothing and forks nothing.
+
+    Prints ``rapidwsgi: configuration OK`` and returns 0, or prints one error line (and
+    the application's traceback, for an import error) to stderr and returns its ExitCode.
+    """
+
+    def fail(message: object, status: ExitCode, detail: str = "") -> int:
+        print(f"rapidwsgi: error: {message}", file=sys.stderr)
+        if detail:
+            sys.stderr.write(detail.rstrip() + "\n")
+        return status
+
+    try:
+        enter_app_directory(config)
+        load_at_start(config)
+        StaticFiles.from_config(config)
+        if config.user is not None or config.group is not None:
+            resolve_ids(config)
+        if config.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ConfigError("--loop uvloop: uvloop is not installed")
+    except ConfigError as exc:
+        return fail(exc, ExitCode.USAGE)
+    try:
+        for text in config.bind:
+            parse_address(text)
+    except BindError as exc:
+        return fail(exc, ExitCode.BIND)
     try:
         load_app(config.app or "")
     except AppLoadError as exc:
-        error_log.error("%s%s", exc, f"\n{exc.detail.rstrip()}" if exc.detail else "")
-        return ExitCode.APP_LOAD
+        return fail(exc, ExitCode.APP_LOAD, exc.detail)
     print("rapidwsgi: configuration OK")
     return ExitCode.OK
 
@@ -162,16 +195,7 @@ def drop_privileges(config: Config, sockets: list[socket.socket], created: list[
     here change owner too; an adopted socket's file keeps the owner its creator gave it)."""
     if config.user is None and config.group is None:
         return
-    try:
-        uid = _resolve(config.user, pwd.getpwnam, "pw_uid") if config.user else os.getuid()
-        if config.group:
-            gid = _resolve(config.group, grp.getgrnam, "gr_gid")
-        elif config.user:
-            gid = pwd.getpwuid(uid).pw_gid
-        else:
-            gid = os.getgid()
-    except KeyError as exc:
-        raise ConfigError(f"unknown user or group: {exc.args[0]}") from None
+    uid, gid = resolve_ids(config)
     chown_unix_sockets(
         [s for s in sockets if s.family == socket.AF_UNIX and s.getsockname() in created], uid, gid
     )
@@ -184,6 +208,21 @@ def drop_privileges(config: Config, sockets: list[socket.socket], created: list[
     except PermissionError as exc:
         raise ConfigError(f"cannot switch to user {uid} / group {gid}: {exc.strerror}") from None
     error_log.info("Running as uid %d, gid %d", uid, gid)
+
+
+def resolve_ids(config: Config) -> tuple[int, int]:
+    """The uid and gid ``--user`` / ``--group`` name (the current ones where not given)."""
+    try:
+        uid = _resolve(config.user, pwd.getpwnam, "pw_uid") if config.user else os.getuid()
+        if config.group:
+            gid = _resolve(config.group, grp.getgrnam, "gr_gid")
+        elif config.user:
+            gid = pwd.getpwuid(uid).pw_gid
+        else:
+            gid = os.getgid()
+    except KeyError as exc:
+        raise ConfigError(f"unknown user or group: {exc.args[0]}") from None
+    return uid, gid
 
 
 def _resolve(name: str, lookup: Callable[[str], Any], field: str) -> int:

@@ -173,6 +173,23 @@ def _health_path(value: str | None) -> str | None:
     return None
 
 
+def _non_empty_items(what: str, example: str) -> Callable[[list[str]], str | None]:
+    """A validator of a list: no item may be empty (or only blanks)."""
+
+    def validate(value: list[str]) -> str | None:
+        return (
+            f"an empty {what} names nothing; give e.g. {example}"
+            if any(not v.strip() for v in value)
+            else None
+        )
+
+    return validate
+
+
+_reload_files: Final = _non_empty_items("file name", "templates/base.html")
+_reload_globs: Final = _non_empty_items("pattern", "*.html")
+
+
 def _umask(value: int) -> str | None:
     return None if 0 <= value <= 0o777 else "must be between 0 and 0o777"
 
@@ -201,19 +218,6 @@ class Config:
         section="Application",
         flags=("-c", "--config"),
         metavar="FILE",
-    )
-    check_config: bool = setting(
-        False,
-        help="Load the settings and the application (as a worker would), print "
-        "'rapidwsgi: configuration OK' and exit 0; or a one-line error and a non-zero exit. "
-        "Binds nothing, starts nothing.",
-        section="Application",
-    )
-    print_config: bool = setting(
-        False,
-        help="Print the effective settings, one per line, each with where it came from "
-        "(default, file, env, cli), and exit.",
-        section="Application",
     )
     chdir: str | None = setting(
         None,
@@ -379,26 +383,32 @@ class Config:
     reload: bool = setting(
         False,
         help="Development: restart the workers (rolling) when a Python file under the working "
-        "directory, --chdir or --pythonpath changes (uses watchfiles when installed).",
+        "directory, --chdir or --pythonpath changes, or a file of --reload-include or "
+        "--reload-extra-files (uses watchfiles when installed).",
         section="Worker",
     )
     reload_extra_files: list[str] = setting(
-        help="With --reload: also reload when one of these files changes (templates, settings "
-        "files; anywhere, not only under the watched directories). Repeatable, or comma-separated.",
+        help="With --reload, also reload when one of these files is created, modified or deleted "
+        "(any file, inside the watched directories or not; a relative path is relative to the working "
+        "directory after --chdir). Comma-separated, repeatable; --reload-extra-file (gunicorn's "
+        "spelling) is the same option.",
         section="Worker",
         flags=("--reload-extra-file", "--reload-extra-files"),
-        metavar="FILE",
+        metavar="FILES",
         parse=_comma_list,
         default_factory=list,
+        validate=_reload_files,
     )
     reload_include: list[str] = setting(
-        help="With --reload: also reload when a file matching this glob changes under the "
-        "watched directories (matched against the relative path and the file name: '*.html', "
-        "'templates/*'). Repeatable, or comma-separated.",
+        help="With --reload, also reload when a file matching GLOB under the watched directories "
+        "changes, in addition to the .py files. A pattern without a slash matches the file name at "
+        "any depth (*.html); one with a slash matches the path relative to the watched directory, "
+        "where * and ? never match a slash and ** matches any number of directories "
+        "(templates/**/*.txt). Repeatable.",
         section="Worker",
         metavar="GLOB",
-        parse=_comma_list,
         default_factory=list,
+        validate=_reload_globs,
     )
     loop: str = setting(
         "auto",
@@ -698,6 +708,21 @@ class Config:
         metavar="SECONDS",
         validate=_non_negative,
     )
+    check_config: bool = setting(
+        False,
+        help="Check the configuration and exit: load the settings, import the application as a worker "
+        "would (after --chdir and --pythonpath), load the TLS files, check the --static directories "
+        "and the --user/--group names; print 'rapidwsgi: configuration OK' and exit 0, or print the "
+        "error and exit with the usual non-zero status. Binds no socket and starts no process.",
+        section="Checks",
+    )
+    print_config: bool = setting(
+        False,
+        help="Print the effective settings and exit 0 without serving: one line per setting, in the "
+        "order of this reference, as `name = value  # source`, the value a Python literal and the "
+        "source one of default, file, env or cli. The application may be omitted.",
+        section="Checks",
+    )
     on_starting: Hook | None = hook_setting(
         "on_starting(server)", "Master: first thing, before anything is forked."
     )
@@ -752,27 +777,19 @@ class Config:
     def load_with_sources(
         cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
     ) -> tuple[Config, dict[str, str]]:
-        """:meth:`load`, and where each setting came from: ``cli``, ``env``, ``file`` or
-        ``default`` (the highest layer that set it)."""
+        """:meth:`load`, and where each setting's value came from: every setting name maps
+        to one of :data:`SOURCES` (``default``, ``file``, ``env``, ``cli``)."""
         environ = os.environ if environ is None else environ
         cli = vars(build_parser().parse_args(argv))
         env = values_from_env(environ)
         config_file = cli.get("config") or env.get("config")
         file_values = values_from_file(config_file) if config_file else {}
         merged: dict[str, Any] = {**file_values, **env, **cli}
+        config = cls.from_values(merged)
         sources = {f.name: "default" for f in dataclasses.fields(cls)}
         for source, values in (("file", file_values), ("env", env), ("cli", cli)):
             sources.update(dict.fromkeys(values, source))
-        return cls.from_values(merged), sources
-
-    def describe(self, sources: Mapping[str, str]) -> str:
-        """``--print-config``: ``name = value  # source``, one line per setting."""
-        lines = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            shown = f"<function {value.__qualname__}>" if callable(value) else repr(value)
-            lines.append(f"{f.name} = {shown}  # {sources.get(f.name, 'default')}")
-        return "\n".join(lines) + "\n"
+        return config, sources
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Config:
@@ -806,14 +823,39 @@ class Config:
             raise ConfigError(
                 f"--cert-reqs {config.cert_reqs}: client certificates need --ca-certs to verify them"
             )
-        if (config.reload_extra_files or config.reload_include) and not config.reload:
-            raise ConfigError("--reload-extra-files and --reload-include need --reload")
+        watching = [_flag(f) for f in _RELOAD_OPTIONS if getattr(config, f.name)]
+        if watching and not config.reload:
+            verb = "needs" if len(watching) == 1 else "need"
+            raise ConfigError(f"{' and '.join(watching)} {verb} --reload (nothing is watched without it)")
         if len(config.protocol) not in (1, len(config.bind)):
             raise ConfigError(
                 f"--protocol: give one for all binds or one per --bind ({len(config.bind)}), "
                 f"not {len(config.protocol)}"
             )
         return config
+
+
+#: Where a setting's value came from (:meth:`Config.load_with_sources`), lowest precedence first.
+SOURCES: Final = ("default", "file", "env", "cli")
+
+_RELOAD_OPTIONS: Final = tuple(
+    f for f in dataclasses.fields(Config) if f.name in ("reload_extra_files", "reload_include")
+)
+
+
+def effective_settings(config: Config, sources: Mapping[str, str]) -> list[str]:
+    """``--print-config``: one ``name = value  # source`` line per setting, in table order."""
+    return [
+        f"{f.name} = {_literal(getattr(config, f.name))}  # {sources.get(f.name, 'default')}"
+        for f in dataclasses.fields(config)
+    ]
+
+
+def _literal(value: Any) -> str:
+    """A value as a Python literal; a server hook (a function) by its name."""
+    if callable(value):
+        return f"<function {getattr(value, '__qualname__', value)}>"
+    return repr(value)
 
 
 def _hints() -> dict[str, Any]:

@@ -1,19 +1,20 @@
-"""``--reload``: notice changed Python files, for development.
+"""``--reload``: notice changed Python files (and the files asked for), for development.
 
-Contract: :meth:`Reloader.changes` returns the paths (relative to the watched roots)
-of the files created, modified or deleted since the previous call: ``.py`` files and
-files matching a ``--reload-include`` glob under the watched roots, and the
-``--reload-extra-files`` (wherever they are; they are stat()ed at each call). It uses
-watchfiles (inotify) in a background thread when that package is installed, and a
-stat() scan of the watched trees otherwise; the caller polls it from its loop.
+Contract: :meth:`Reloader.changes` returns the paths (relative to the watched roots;
+absolute for a ``--reload-extra-files`` file outside them) of the files created,
+modified or deleted since the previous call: ``.py`` files and files matching a
+``--reload-include`` glob under the watched roots, and the ``--reload-extra-files``
+wherever they are. It uses watchfiles (inotify) in background threads when that
+package is installed, and a stat() scan otherwise; the caller polls it from its loop.
+Both backends report the same files.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from .config import Config
 
@@ -33,68 +34,152 @@ def watched_roots(config: Config) -> list[str]:
     return unique
 
 
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A ``--reload-include`` glob as a regex matched against a path relative to a root
+    (``/``-separated). Without a slash the pattern matches the file name at any depth;
+    ``*`` and ``?`` never match ``/``; ``**`` matches any number of directories."""
+    pattern = pattern.strip()
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
+    if "/" not in pattern:
+        pattern = "**/" + pattern
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            if pattern.startswith("**/", i):
+                out.append("(?:.*/)?")
+                i += 3
+            else:
+                out.append(".*")
+                i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            if not negate and body.startswith("^"):
+                body = "\\" + body
+            out.append("[" + ("^/" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
+
+
+def _skipped(relative_dir_parts: Sequence[str]) -> bool:
+    return any(part in _SKIP_DIRS or part.endswith(".egg-info") for part in relative_dir_parts)
+
+
 class Reloader:
     def __init__(self, config: Config) -> None:
         self.roots = watched_roots(config)
-        #: --reload-include: globs matched against the path relative to its root (``*``
-        #: also crosses ``/``, so ``*.html`` is any HTML file) and against the file name.
-        self.include = list(config.reload_include)
-        self.extra = [os.path.abspath(p) for p in config.reload_extra_files]
-        self._extra_mtimes = {p: _mtime(p) for p in self.extra}
+        self.extra_files = sorted({os.path.abspath(p) for p in config.reload_extra_files})
+        self._extra = frozenset(self.extra_files) | {os.path.realpath(p) for p in self.extra_files}
+        self._include = [glob_regex(p) for p in config.reload_include]
         self._lock = threading.Lock()
         self._changed: set[str] = set()
         self._stop = threading.Event()
         self._mtimes: dict[str, float] = {}
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         try:
             import watchfiles  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
+            self.backend = "a stat() scan once a second"
             self._mtimes = dict(self._scan())
         else:
-            self._thread = threading.Thread(
-                target=self._watch, args=(watchfiles,), name="rapidwsgi-reloader", daemon=True
-            )
-            self._thread.start()
+            self.backend = "watchfiles"
+            # The roots recursively; the directories of the extra files outside them
+            # (only those files: never a whole home directory's tree) non-recursively.
+            outside = {
+                os.path.dirname(p)
+                for p in self.extra_files
+                if self._root_of(p) is None and os.path.isdir(os.path.dirname(p))
+            }
+            self._start(watchfiles, self.roots, recursive=True)
+            if outside:
+                self._start(watchfiles, sorted(outside), recursive=False)
+
+    # ------------------------------------------------------------------ what counts
+
+    def _root_of(self, path: str) -> str | None:
+        for root in self.roots:
+            if path.startswith(root + os.sep):
+                return root
+        return None
+
+    def _matches(self, relative: str) -> bool:
+        """A file under a root (``relative`` to it) that is watched: .py or an include glob."""
+        if relative.endswith(".py"):
+            return True
+        posix = relative.replace(os.sep, "/")
+        return any(regex.fullmatch(posix) for regex in self._include)
+
+    def wanted(self, path: str) -> bool:
+        """Whether a change to ``path`` (absolute) triggers a reload."""
+        if path in self._extra:
+            return True
+        root = self._root_of(path)
+        if root is None:
+            return False
+        relative = os.path.relpath(path, root)
+        return not _skipped(relative.split(os.sep)[:-1]) and self._matches(relative)
+
+    # ------------------------------------------------------------------ stat() scan
 
     def _scan(self) -> Iterator[tuple[str, float]]:
         for root in self.roots:
             for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info")]
+                dirnames[:] = [d for d in dirnames if not _skipped((d,))]
                 for name in filenames:
                     path = os.path.join(dirpath, name)
-                    if self.wanted(path, root):
+                    if self._matches(os.path.relpath(path, root)):
                         try:
                             yield path, os.stat(path).st_mtime
                         except OSError:
                             continue
+        for path in self.extra_files:
+            try:
+                yield path, os.stat(path).st_mtime
+            except OSError:  # absent (yet): its creation is a change
+                continue
 
-    def wanted(self, path: str, root: str) -> bool:
-        """A file whose change reloads: ``.py``, or matching a --reload-include glob."""
-        if path.endswith(".py"):
-            return True
-        if not self.include:
-            return False
-        rel = os.path.relpath(path, root)
-        name = os.path.basename(path)
-        return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in self.include)
+    # ------------------------------------------------------------------ watchfiles
 
-    def _watch(self, watchfiles: object) -> None:
-        watch = getattr(watchfiles, "watch")  # noqa: B009 - optional dependency
-        default_filter = getattr(watchfiles, "DefaultFilter")()  # noqa: B009
+    def _start(self, watchfiles: object, paths: Sequence[str], *, recursive: bool) -> None:
+        thread = threading.Thread(
+            target=self._watch,
+            args=(watchfiles, list(paths), recursive),
+            name="rapidwsgi-reloader",
+            daemon=True,
+        )
+        self._threads.append(thread)
+        thread.start()
 
-        def keep(change: object, path: str) -> bool:
-            # watchfiles' default filter skips .git, __pycache__, editors' swap files...
-            if not default_filter(change, path):
-                return False
-            root = next((r for r in self.roots if path.startswith(r + os.sep)), None)
-            return root is not None and self.wanted(path, root)
-
-        for changes in watch(*self.roots, watch_filter=keep, stop_event=self._stop):
+    def _watch(self, watchfiles: object, paths: list[str], recursive: bool) -> None:
+        watch: Callable[..., Iterator[set[tuple[object, str]]]] = getattr(watchfiles, "watch")  # noqa: B009
+        wanted = self.wanted
+        for changes in watch(
+            *paths,
+            watch_filter=lambda _change, path: wanted(path),
+            stop_event=self._stop,
+            recursive=recursive,
+        ):
             with self._lock:
                 self._changed.update(path for _, path in changes)
 
+    # ------------------------------------------------------------------ polling
+
     def changes(self) -> list[str]:
-        if self._thread is None:
+        if not self._threads:
             current = dict(self._scan())
             changed = {p for p, m in current.items() if self._mtimes.get(p) != m}
             changed |= set(self._mtimes) - set(current)
@@ -102,26 +187,11 @@ class Reloader:
         else:
             with self._lock:
                 changed, self._changed = self._changed, set()
-        for path in self.extra:
-            mtime = _mtime(path)
-            if mtime != self._extra_mtimes[path]:
-                self._extra_mtimes[path] = mtime
-                changed.add(path)
-        return sorted(self._relative(p) for p in changed)
+        return sorted({self._relative(p) for p in changed})
 
     def _relative(self, path: str) -> str:
-        for root in self.roots:
-            if path.startswith(root + os.sep):
-                return os.path.relpath(path, root)
-        return path
+        root = self._root_of(path)
+        return path if root is None else os.path.relpath(path, root)
 
     def close(self) -> None:
         self._stop.set()
-
-
-def _mtime(path: str) -> float | None:
-    """The modification time of ``path``, None if it does not exist."""
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None

@@ -252,6 +252,8 @@ class Master:
             "s" if self.num_workers != 1 else "",
             ", preloaded" if self.config.preload else "",
         )
+        if self.reloader is not None:
+            error_log.info("Reloading on changes (%s)", self.reloader.backend)
         if self.config.reuse_port and not _kernel_migrates_queued_connections():
             error_log.warning(
                 "--reuse-port: connections queued on the socket of a worker that stops (reload, "
