@@ -83,7 +83,7 @@ asan: $(STAMP)
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_cpath.py tests/test_cparser_fuzz.py \
 		tests/test_server_http.py tests/test_server_wsgi.py tests/test_server_timeouts.py \
-		tests/test_static_cpath.py tests/test_static_server.py tests/test_metrics.py tests/test_metrics_server.py \
+		tests/test_static_cpath.py tests/test_static_server.py tests/test_metrics.py tests/test_metrics_server.py tests/test_ops.py \
 		-k "not behind_nginx and not test_curl" \
 		--deselect tests/test_server_wsgi.py::test_large_upload_to_an_app_that_never_reads_is_not_buffered
 

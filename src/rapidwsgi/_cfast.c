@@ -1193,6 +1193,7 @@ typedef struct {
     PyObject *static_prefixes; /* --static: tuples of str (StaticFiles.prefixes, .bares) */
     PyObject *static_bares;    /* or NULL without mounts */
     PyObject *static_quick;    /* StaticFiles.quick (or NULL): the cached common answers */
+    PyObject *shed;            /* ServerContext.shed_quick (or NULL): threaded mode's 503 */
     Meter *meter;              /* --metrics-bind / --statsd-host: this worker's slot, or NULL */
     Limits limits;
 } Fast;
@@ -1280,6 +1281,7 @@ static int fast_traverse(PyObject *op, visitproc visit, void *arg) {
     Py_VISIT(self->static_prefixes);
     Py_VISIT(self->static_bares);
     Py_VISIT(self->static_quick);
+    Py_VISIT(self->shed);
     Py_VISIT(self->meter);
     return 0;
 }
@@ -1298,6 +1300,7 @@ static int fast_clear(PyObject *op) {
     Py_CLEAR(self->static_prefixes);
     Py_CLEAR(self->static_bares);
     Py_CLEAR(self->static_quick);
+    Py_CLEAR(self->shed);
     Py_CLEAR(self->meter);
     return 0;
 }
@@ -1311,17 +1314,17 @@ static void fast_dealloc(PyObject *op) {
 static PyTypeObject Fast_Type;
 
 /* Fast(conn, ctx, app, base, write, loop, base_context, on_done, max_line, max_fields,
- * max_field_size, static_prefixes, static_bares, static_quick, meter), by position: one per
- * connection, so without argument parsing. */
+ * max_field_size, static_prefixes, static_bares, static_quick, meter, shed), by position:
+ * one per connection, so without argument parsing. */
 static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL || nargs != 15 || !(args[14] == Py_None || Py_IS_TYPE(args[14], &Meter_Type)) || !PyDict_Check(args[3]) ||
+    if (kwnames != NULL || nargs != 16 || !(args[14] == Py_None || Py_IS_TYPE(args[14], &Meter_Type)) || !PyDict_Check(args[3]) ||
         !(args[11] == Py_None || PyTuple_CheckExact(args[11])) ||
         !(args[12] == Py_None || PyTuple_CheckExact(args[12]))) {
         PyErr_SetString(PyExc_TypeError,
                         "Fast(conn, ctx, app, base: dict, write, loop, base_context, on_done, max_line, max_fields, "
                         "max_field_size, static_prefixes: tuple | None, static_bares: tuple | None, "
-                        "static_quick, meter: Meter | None)");
+                        "static_quick, meter: Meter | None, shed)");
         return NULL;
     }
     for (int t = 11; t <= 12; t++) {
@@ -1357,6 +1360,7 @@ static PyObject *fast_vectorcall(PyObject *type, PyObject *const *args, size_t n
     self->static_bares = args[12] == Py_None ? NULL : Py_NewRef(args[12]);
     self->static_quick = args[13] == Py_None ? NULL : Py_NewRef(args[13]);
     self->meter = args[14] == Py_None ? NULL : (Meter *)Py_NewRef(args[14]);
+    self->shed = args[15] == Py_None ? NULL : Py_NewRef(args[15]);
     self->limits.max_line = lim[0];
     self->limits.max_fields = lim[1];
     self->limits.max_field_size = lim[2];
@@ -1560,7 +1564,10 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
                 goto error;
             }
         }
-        if (claimed && self->static_quick != NULL) {
+        /* A claimed request: StaticFiles.quick; else, threaded: ServerContext.shed_quick,
+         * the 503 of an overloaded pool (None when a thread will take it). */
+        PyObject *quick_fn = claimed ? self->static_quick : !inline_ok ? self->shed : NULL;
+        if (quick_fn != NULL) {
             /* (With --threads too: no application code runs, and the connection has no
              * exchange in flight while serve() runs.)
              * StaticFiles.quick(environ): a cached small file's 200 or 304 as
@@ -1568,7 +1575,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
              * start_response's caches hold, written like an application's response; or
              * None: StaticFiles.respond decides, through the Python machinery. */
             int outcome = HANDED;
-            PyObject *q = PyObject_CallOneArg(self->static_quick, env);
+            PyObject *q = PyObject_CallOneArg(quick_fn, env);
             if (q == NULL) {
                 Py_DECREF(env);
                 goto error;

@@ -134,6 +134,14 @@ SENDFILE_BUDGET: Final = 4 << 20
 #: What a request answered 503 by load shedding (--backlog-requests) is told: try again
 #: in a second (RFC 9110 §10.2.3), when a thread is likely free.
 SHED_HEADERS: Final = b"Retry-After: 1\r\n"
+#: The same 503 in the shapes the C path writes (StaticFiles.quick's): (status, its
+#: line), (header block before Date/Server, Content-Length, close, date variant), body.
+_SHED_BODY: Final = b"503 Service Unavailable\n"
+_SHED_QUICK: Final = (
+    (503, b"503 Service Unavailable"),
+    (b"Content-Type: text/plain; charset=utf-8\r\n" + SHED_HEADERS, len(_SHED_BODY), False, 0),
+    [_SHED_BODY],
+)
 #: The health path's answer is never cached on the way (a proxy, a browser).
 HEALTH_HEADERS: Final = b"Cache-Control: no-store\r\n"
 #: Bytes an application thread may have queued for the loop before it waits.
@@ -252,6 +260,7 @@ class ServerContext:
             self.c_prefixes = self.c_prefixes or ()
             self.c_bares = (*(self.c_bares or ()), health_path)
         self._static_raw = () if static is None else tuple(p.encode("latin-1") for p in static.prefixes)
+        self.c_shed: Any = self.shed_quick if executor is not None and admit_limit else None
         self.connections: set[HTTPConnection] = set()
         #: --limit-connections: called (on the loop) when ``connections`` reaches the
         #: limit and when it is below it again (the worker stops / resumes accepting).
@@ -359,6 +368,17 @@ class ServerContext:
             response, body = error_response(status, date, close, extra)
             cached = self._answers[key] = (date, response, body)
         return cached[1], cached[2]
+
+    def shed_quick(self, environ: Environ) -> Any:
+        """The C path's shortcut for ``overloaded`` (threaded mode; the health path and
+        --static are claimed before it is asked): the 503 in StaticFiles.quick's shapes,
+        counted, or None. While stopping, None: the Python path answers (and counts) it,
+        with close. tests/test_ops.py holds both paths to the same bytes."""
+        if self.threads_busy < self.admit_limit or self.shutting_down:
+            return None
+        if self.meter is not None:
+            self.meter.count(metrics.SHED)
+        return _SHED_QUICK
 
     def overloaded(self, request: Request) -> bool:
         """Threaded mode: the pool has ``admit_limit`` requests (running or queued) and
@@ -649,6 +669,7 @@ class HTTPConnection:
                 ctx.c_bares,
                 ctx.c_quick,
                 ctx.c_meter,
+                ctx.c_shed,
             )
 
     def data_received(self, data: bytes) -> None:
