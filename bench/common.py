@@ -214,6 +214,22 @@ def run_capture(cmd: Sequence[str], timeout: float, cwd: Path | None = None) -> 
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def spawn_logged(argv: Sequence[str], logfile: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a server under test in its own session (so that it and its workers can be
+    signalled as a group), from the apps directory, stdout and stderr appended to
+    ``logfile``."""
+    with logfile.open("ab") as sink:
+        return subprocess.Popen(
+            list(argv),
+            cwd=APPS_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))

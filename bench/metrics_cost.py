@@ -37,7 +37,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 
 import peers
-from common import APPS_DIR, HOST, error_total, free_port, log, parse_wrk, write_atomic
+from common import HOST, error_total, free_port, log, parse_wrk, spawn_logged, write_atomic
 from run import server_env, stop_server, wait_ready
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -67,16 +67,7 @@ def running(python: str, metrics: bool, tmp: Path, cpus: str) -> Iterator[tuple[
     if metrics_port is not None:
         argv += ["--metrics-bind", f"{HOST}:{metrics_port}"]
     argv.append("hello:app")
-    with (tmp / "server.log").open("ab") as sink:
-        proc = subprocess.Popen(
-            argv,
-            cwd=APPS_DIR,
-            env=server_env(tmp),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_logged(argv, tmp / "server.log", server_env(tmp))
     try:
 
         def check() -> str:

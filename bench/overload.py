@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import APPS_DIR, HOST, free_port, log, parse_wrk, write_atomic
+from common import HOST, free_port, log, parse_wrk, spawn_logged, write_atomic
 from run import server_env, stop_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,16 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv_server = ["taskset", "-c", cfg.server_cpus, cfg.python, "-m", "rapidwsgi"]
         argv_server += ["--bind", f"{HOST}:{port}", "--workers", "1", "--log-level", "warning"]
         argv_server += [*SERVER_ARGS, "--health-path", "/healthz", "sleepy:app"]
-        with (tmp / "server.log").open("ab") as sink:
-            proc = subprocess.Popen(
-                argv_server,
-                cwd=APPS_DIR,
-                env=server_env(tmp),
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = spawn_logged(argv_server, tmp / "server.log", server_env(tmp))
         try:
 
             def check() -> str:

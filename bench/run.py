@@ -73,6 +73,7 @@ from common import (
     parse_ab,
     parse_wrk,
     run_capture,
+    spawn_logged,
     write_atomic,
 )
 from report import render_markdown
@@ -326,16 +327,7 @@ def running_server(server: str, grp: Group, cfg: Config, tmp: Path, tag: str) ->
     argv = ["taskset", "-c", cfg.server_cpus, *argv]
     upstream = f"unix:{values['sock']}" if listener == "uwsgi" else values["bind"]
     logfile = visit_dir / "server.log"
-    with logfile.open("ab") as sink:
-        proc = subprocess.Popen(
-            argv,
-            cwd=APPS_DIR,
-            env=server_env(tmp),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_logged(argv, logfile, server_env(tmp))
     command = " ".join(argv)
     try:
         if not grp.mode.front:

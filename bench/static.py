@@ -42,7 +42,7 @@ from typing import cast
 
 import front
 import peers
-from common import APPS_DIR, HOST, free_port, log, parse_wrk, write_atomic
+from common import APPS_DIR, HOST, free_port, log, parse_wrk, spawn_logged, write_atomic
 from run import server_env, stop_server, wait_ready
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -204,16 +204,7 @@ def running(server: str, root: Path, tmp: Path, cfg: argparse.Namespace) -> Iter
     argv, env = argv_for(server, port, root, tmp, cfg.rapidwsgi_python or str(peers.venv_python()))
     argv = ["taskset", "-c", cfg.server_cpus, *argv]
     logfile = tmp / f"{server}.log"
-    with logfile.open("ab") as sink:
-        proc = subprocess.Popen(
-            argv,
-            cwd=APPS_DIR,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_logged(argv, logfile, env)
     try:
 
         def check() -> str:
