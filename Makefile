@@ -49,7 +49,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
 		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py tests/test_bench.py \
-		tests/test_bench_instructions.py
+		tests/test_bench_instructions.py tests/test_kubernetes.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
 		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py sleepy.py
 
