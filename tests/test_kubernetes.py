@@ -15,8 +15,10 @@
   with the container's own arguments and environment (``RAPIDWSGI_WORKERS`` resolved from
   the Downward API as the kubelet would), and set against the probes, the grace period,
   the ports, the resources and every selector.
-- **The container's command line** runs as ``--check-config``: the settings load, the
-  application imports, the addresses parse.
+- **The container's command line** runs as ``--check-config`` (the settings load, the
+  application imports, the addresses parse), then serves for real on 127.0.0.1 (only the
+  addresses moved to port 0): two workers, the health path 200, then 503 on SIGTERM while
+  the application is still served, JSON logs.
 
 ``RAPIDWSGI_REQUIRE_KUBERNETES=1`` (set by ``.ci/run``) turns a missing validator into a
 failure instead of a skip.
@@ -25,12 +27,16 @@ failure instead of a skip.
 from __future__ import annotations
 
 import copy
+import http.client
+import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -42,6 +48,7 @@ import yaml
 from rapidwsgi.config import Config
 from rapidwsgi.sockets import parse_address
 from rapidwsgi.supervisor import KILL_GRACE
+from tests.conftest import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -454,3 +461,43 @@ def test_the_containers_command_line_passes_check_config(tmp_path: Path) -> None
     assert "health_path = '/healthz'  # file" in lines
     assert "shutdown_delay = 10.0  # file" in lines
     assert "app = 'rapidwsgi.demo:app'  # cli" in lines
+
+
+def _fetch(server: ServerProcess, path: str) -> int:
+    host, port = server.address if isinstance(server.address, tuple) else ("", 0)
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_the_container_serves_with_this_config_and_its_stop_begins_with_the_health_503(
+    start_server: type[ServerProcess], tmp_path: Path
+) -> None:
+    """The container's command line, served for real on 127.0.0.1 (--bind and --metrics-bind
+    moved to port 0; every other setting is the ConfigMap's)."""
+    *args, app = container_args(tmp_path)
+    server = start_server(app, *args, "--metrics-bind", "127.0.0.1:0", env=container_env())
+    deadline = time.monotonic() + 10
+    while len(server.worker_pids) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(server.worker_pids) == 2  # RAPIDWSGI_WORKERS, from the CPU limit
+    assert (_fetch(server, "/healthz"), _fetch(server, "/")) == (200, 200)
+    server.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _fetch(server, "/healthz") != 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The readiness probe now fails, while the application is served on (--shutdown-delay).
+    assert (_fetch(server, "/healthz"), _fetch(server, "/")) == (503, 200)
+    server.wait_for_log(r"stopping in 10s \(--shutdown-delay\)")
+    server.signal(signal.SIGQUIT)  # not the 10 s: that part is tests/test_ops.py's
+    server.wait(15)
+    # error_log_format and access_logformat are json: one object per line.
+    for stream in (server.stderr, server.stdout):
+        lines = stream.splitlines()
+        assert lines
+        assert all(isinstance(json.loads(line), dict) for line in lines)
