@@ -9,7 +9,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
 .PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
-	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload clean
+	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload cluster clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -49,9 +49,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
 		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py tests/test_bench.py \
-		tests/test_bench_instructions.py tests/test_kubernetes.py
+		tests/test_bench_instructions.py tests/test_kubernetes.py tests/test_cluster.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
 		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py sleepy.py
+	cd bench/cluster && ../../$(BIN)/mypy --strict cluster.py bed.py load.py
 
 # Every build: the C request path (with the mypyc-compiled modules), the mypyc modules
 # alone (RAPIDWSGI_NO_C=1), and the pure-Python sources.
@@ -124,3 +125,8 @@ bench-metrics:
 # Load shedding under wrk -c500 against a 0.5 s application (bench/overload.py; ~1 min).
 bench-overload: $(STAMP)
 	python3 bench/overload.py
+
+# The multi-host test bed, full size (root: network namespaces): every scenario behind
+# HAProxy and nginx, 3 runs of the rolling upgrade and restart. About 8 minutes.
+cluster: $(STAMP)
+	$(BIN)/python bench/cluster/cluster.py

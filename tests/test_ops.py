@@ -99,7 +99,9 @@ def test_sigterm_with_shutdown_delay_turns_health_503_at_once_and_serves_on_unti
         assert wait_until(lambda: fetch(server, "/healthz")[0] == 503, 1.0)
         status, headers, body = fetch(server, "/healthz")
         assert (status, body, headers["Cache-Control"]) == (503, b"503 Service Unavailable\n", "no-store")
-        # New connections are accepted and served, on keep-alive (no Connection: close).
+        # New connections are accepted and served, each closed after its response
+        # (Connection: close), so a front-end's pool of connections is used up cleanly
+        # before the drain; the load's keep-alive clients reconnect without a failure.
         before = load.total_ok
         fresh = []
         while time.monotonic() - signalled < 1.5:
@@ -107,7 +109,7 @@ def test_sigterm_with_shutdown_delay_turns_health_503_at_once_and_serves_on_unti
             fresh.append((status, headers.get("Connection")))
         load.wait_for(before + 100)
         load.stop()
-    assert set(fresh) == {(200, None)}
+    assert set(fresh) == {(200, "close")}
     assert load.failures == []
     assert server.wait(20) == 0
     log = server.stderr
@@ -115,6 +117,26 @@ def test_sigterm_with_shutdown_delay_turns_health_503_at_once_and_serves_on_unti
         "Shutting down (SIGTERM, after --shutdown-delay)"
     )
     assert "died unexpectedly" not in log
+
+
+def test_during_the_shutdown_delay_an_open_keep_alive_connection_closes_after_its_next_response(
+    start_server: Start,
+) -> None:
+    """The front-end's pooled connections (opened before the SIGTERM, idle now) are not
+    closed under it: each is answered once more, with close, then closed by us."""
+    server = start_server(APP, "--health-path", "/healthz", "--shutdown-delay", "3", "--no-date-header")
+    with RawConnectionExtras(server.address) as pooled:
+        first = pooled.request(get("/pid"))
+        assert (first.status, first.header("connection")) == (200, None)
+        server.signal(signal.SIGTERM)
+        server.wait_for_log(r"stopping in 3s \(--shutdown-delay\)")
+        assert wait_until(lambda: fetch(server, "/healthz")[0] == 503, 1.0)
+        # Still idle and open: the stop announced does not close it under the client.
+        assert not pooled.closed_within(0.3)
+        again = pooled.request(get("/pid"))
+        assert (again.status, again.header("connection"), again.body) == (200, "close", first.body)
+        assert pooled.closed_within(2.0)
+    assert server.wait(20) == 0
 
 
 def test_a_worker_started_during_the_shutdown_delay_is_told_too(start_server: Start) -> None:
@@ -275,6 +297,30 @@ def test_limit_connections_leaves_extra_connections_in_the_kernel_queue_until_on
     assert response.status == 200
     for conn in (second, third):
         conn.close()
+
+
+def test_a_graceful_stop_serves_the_connections_waiting_in_the_kernel_queue_instead_of_resetting_them(
+    start_server: Start,
+) -> None:
+    """Closing a listening socket resets the connections in its queue, which completed
+    their handshake and may have sent a request (a POST a front-end cannot retry): the
+    worker accepts them first and answers each, with close. --limit-connections 1 holds
+    them in the queue until the stop."""
+    server = start_server(APP, "--limit-connections", "1", "--no-date-header")
+    held = RawConnectionExtras(server.address)
+    assert held.request(get("/pid")).status == 200
+    waiting = [RawConnectionExtras(server.address) for _ in range(3)]
+    for conn in waiting:
+        conn.send(b"POST /post HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+    assert not waiting[0].data_within(0.5)  # queued: nobody has accepted them
+    server.signal(signal.SIGTERM)
+    for conn in waiting:
+        response = conn.read_response()
+        assert (response.status, response.header("connection"), response.body) == (200, "close", b"5")
+        assert conn.closed_within(2.0)
+        conn.close()
+    held.close()
+    assert server.wait(20) == 0
 
 
 # ---------------------------------------------------------------------- memory

@@ -394,6 +394,19 @@ class ServerContext:
         """What the health path says: serving, and no stop begun or announced."""
         return not (self.shutting_down or self.unready)
 
+    def announce_stop(self) -> None:
+        """--shutdown-delay began (the worker's SIGUSR2, acted on from the loop): the
+        health path answers 503, and every connection closes after its next response
+        (``Connection: close``; new ones too, ``HTTPConnection.connection_made``), while
+        the server goes on accepting and serving. A front-end's pool of connections to
+        this worker is so used up, each with a clean close after a response, before the
+        drain begins: a front-end without active health checks (open-source nginx)
+        never sends a request on a keep-alive connection the drain closes, which for a
+        POST it could not retry. Idle connections keep their keep-alive deadlines."""
+        self.unready = True
+        for conn in list(self.connections):
+            conn.close_after_response()
+
     def connection_opened(self, conn: HTTPConnection) -> None:
         self.connections.add(conn)
         limit = self.limit_connections
@@ -642,8 +655,8 @@ class HTTPConnection:
         self._proxy_pending = ctx.proxy_protocol
         ctx.connection_opened(self)
         self._deadline = monotonic() + ctx.header_timeout
-        if ctx.shutting_down:
-            self._closing = True
+        if ctx.shutting_down or ctx.unready:
+            self._closing = True  # (the C path serves none of its requests: see data_received)
         if (
             ctx.c_path
             and ctx.access_log is None
@@ -1540,6 +1553,12 @@ class HTTPConnection:
     def idle(self) -> bool:
         """Between requests of a keep-alive connection (the gauge)."""
         return self._phase == _IDLE and not self._lingering
+
+    def close_after_response(self) -> None:
+        """Close after the next response (``Connection: close``), however it is idle
+        now: ``ServerContext.announce_stop``. The Python path serves the rest of this
+        connection (``data_received`` skips the C path once ``_closing`` is set)."""
+        self._closing = True
 
     def begin_shutdown(self) -> None:
         """Graceful shutdown: close after the current response, or when idle too long.

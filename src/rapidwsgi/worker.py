@@ -223,10 +223,17 @@ class Worker:
                 loop.call_soon_threadsafe(self._stop.set)
 
     def _on_unready(self, signum: int, frame: object = None) -> None:
-        # SIGUSR2 from the master (--shutdown-delay): a flag; the health path reads it.
+        # SIGUSR2 from the master (--shutdown-delay): a flag, and the loop told to act
+        # on it (ServerContext.announce_stop: health 503, connections close after their
+        # next response). The flag alone already turns the health path 503.
         self._unready = True
-        if self._ctx is not None:
-            self._ctx.unready = True
+        ctx = self._ctx
+        if ctx is not None:
+            ctx.unready = True
+            loop = self._loop
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(ctx.announce_stop)
 
     def _install_signals(self) -> None:
         loop = self._loop
@@ -386,14 +393,20 @@ class Worker:
             "" if not graceful else f", waiting up to {config.graceful_timeout:g}s for requests",
         )
         self._stop_accepting()
-        for sock, *_ in self._listeners:
-            # This process's copy of each listening socket too: once every process that
-            # holds one has closed it, new connections are refused, not queued unserved.
-            sock.close()
+        queued = self._close_listeners()
         deadline = time.monotonic() + config.graceful_timeout
         # Idle connections of a front-end's pool stay open until their keep-alive
         # deadline, at most until this one (HTTPConnection.begin_shutdown).
         ctx.shutdown(deadline if graceful else time.monotonic())
+        if graceful:
+            loop = asyncio.get_running_loop()
+            for conn, factory, tls_on, limit in queued:
+                # Each closes after its one response (ctx.shutting_down, connection_made).
+                with contextlib.suppress(OSError, ValueError):
+                    await loop.connect_accepted_socket(factory, conn, ssl=tls_on, ssl_handshake_timeout=limit)
+        else:
+            for conn, *_ in queued:
+                conn.close()
         if graceful:
             # A SIGQUIT now (the master's "stop at once", e.g. a second Ctrl-C) ends
             # the wait: what is left is aborted below.
@@ -440,6 +453,25 @@ class Worker:
                 )
                 servers.append(server)
         return servers
+
+    def _close_listeners(self) -> list[tuple[socket.socket, _Factory, Any, float | None]]:
+        """Close this process's copy of each listening socket (once every process that
+        holds one has, new connections are refused: a front-end without health checks
+        then tries another server, safely even for a POST, since nothing was sent),
+        after accepting the connections already in its queue: those completed their
+        handshake and may have sent a request, and closing the socket under them would
+        reset them, a POST with them, which a front-end cannot retry. Returned, to be
+        served (a connection that arrives between the last accept and the close is
+        still reset: a window of a system call, not of the whole drain)."""
+        queued: list[tuple[socket.socket, _Factory, Any, float | None]] = []
+        for sock, factory, tls_on, limit in self._listeners:
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)
+                while len(queued) < self.config.backlog:
+                    conn, _ = sock.accept()
+                    queued.append((conn, factory, tls_on, limit))
+            sock.close()
+        return queued
 
     def _stop_accepting(self) -> None:
         for server in self._servers:
