@@ -9,7 +9,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
 .PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
-	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload clean
+	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload bench-adaptive clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -48,7 +48,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
-		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py tests/test_bench.py \
+		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py bench/adaptive.py tests/test_bench.py \
 		tests/test_bench_instructions.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
 		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py sleepy.py
@@ -124,3 +124,8 @@ bench-metrics:
 # Load shedding under wrk -c500 against a 0.5 s application (bench/overload.py; ~1 min).
 bench-overload: $(STAMP)
 	python3 bench/overload.py
+
+# Adaptive worker count under a stepped load, c=2 -> 20 -> 2 against a 50 ms application
+# (bench/adaptive.py; about 1 min).
+bench-adaptive: $(STAMP)
+	python3 bench/adaptive.py

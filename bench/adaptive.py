@@ -177,11 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
 
             def check() -> str:
+                # A worker answers (the master's socket accepts before any worker serves).
                 try:
-                    with socket.create_connection((HOST, port), timeout=5.0):
-                        return ""
+                    with socket.create_connection((HOST, port), timeout=5.0) as sock:
+                        sock.sendall(b"GET /sleep?s=0 HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                        answer = sock.recv(64)
                 except OSError as exc:
                     return str(exc)
+                return "" if answer.startswith(b"HTTP/1.1 200") else f"answer {answer!r}"
 
             error = wait_ready(proc, check, "rapidwsgi", timeout=60)
             if error:

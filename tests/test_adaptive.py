@@ -29,7 +29,7 @@ APP = "opsapp:app"
 #: Quick decisions (the defaults are 3 s and 30 s).
 QUICK = ("--workers-scale-up-after", "1", "--workers-idle-timeout", "2")
 ADDED = r"Adding worker \((?:the only worker|all \d+ workers) busy for 1s, (\d+) -> (\d+)\)"
-RETIRED = r"Retiring idle worker (\d+) \(idle 2s, (\d+) -> (\d+)\)"
+RETIRED = r"Retiring idle worker (\d+) \(at least one worker idle for 2s, (\d+) -> (\d+)\)"
 
 
 def hold(server: ServerProcess, marker: Path) -> RawConnectionExtras:
@@ -136,14 +136,14 @@ def test_inline_workers_all_busy_add_one_up_to_max_then_idle_ones_retire_to_min_
         assert value(samples, "rapidwsgi_worker_scaling_total", direction="up") == 2
         assert value(samples, "rapidwsgi_worker_scaling_total", direction="down") == 0
         release(markers, held)
-        # Idle again: retired one per check, down to the minimum, gracefully.
+        # Idle again: retired one at a time, down to the minimum, gracefully.
         server.wait_for_log(RETIRED.replace(r"(\d+) -> (\d+)\)", r"2 -> 1\)"), timeout=20)
         load.wait_for(load.total_ok + 50)
         load.stop()
     assert load.failures == []
     wait_workers(server, 1)
     # The last worker, idle, stays: the minimum holds.
-    server.wait_for_log(r"Worker \d+ idle for 2s: at --workers-min 1", timeout=15)
+    server.wait_for_log(r"Not retiring a worker \(the only worker idle for 2s\): at --workers-min 1", 15)
     assert len(live_workers(server)) == 1
     assert decisions(server) == [
         "Adding worker (the only worker busy for 1s, 1 -> 2)",
@@ -200,7 +200,7 @@ def test_threaded_workers_are_full_when_all_their_threads_run_requests(
     assert decisions(server) == [
         "Adding worker (the only worker busy for 1s, 1 -> 2)",
         "Not adding a worker (all 2 workers busy for 1s): at --workers-max 2",
-        *re.findall(r"Retiring idle worker \d+ \(idle 2s, 2 -> 1\)", server.stderr),
+        *re.findall(r"Retiring idle worker \d+ \(at least one worker idle for 2s, 2 -> 1\)", server.stderr),
     ]
     assert len(re.findall(RETIRED, server.stderr)) == 1
     samples = scrape(port)

@@ -348,8 +348,8 @@ class Config:
         0,
         help="Adaptive worker count: never fewer than N workers (with --workers-max; 0: 1 when "
         "--workers-max is set). The master starts max(--workers, N) workers, adds one when every "
-        "worker has been busy for --workers-scale-up-after seconds and retires one that has been "
-        "idle for --workers-idle-timeout (docs/process.md, Adaptive worker count).",
+        "worker has been busy for --workers-scale-up-after seconds and retires one while some "
+        "worker has been idle for --workers-idle-timeout (docs/process.md, Adaptive worker count).",
         section="Worker",
         metavar="N",
         validate=_non_negative,
@@ -374,9 +374,9 @@ class Config:
     )
     workers_idle_timeout: float = setting(
         30.0,
-        help="Adaptive worker count: retire a worker (down to --workers-min, one per second, "
-        "gracefully: its requests finish) that had nothing in the application at every heartbeat "
-        "for this long.",
+        help="Adaptive worker count: retire one worker (down to --workers-min; gracefully, its "
+        "requests finish) when at least one worker had nothing in the application at every "
+        "heartbeat for this long: the one idle longest. One retirement per such stretch.",
         section="Worker",
         metavar="SECONDS",
         validate=_positive,

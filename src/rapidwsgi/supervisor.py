@@ -40,9 +40,9 @@ Rules:
    capacity is in use (worker.Supervision). Once a second, in a steady state only (every
    worker of the serving generation serves, none boots, retires or is in a reload), the
    master adds one worker (up to the maximum) when every serving worker was full at each
-   check for --workers-scale-up-after seconds, and retires the worker idle longest (down
-   to the minimum) once it was idle for --workers-idle-timeout: stopped gracefully like
-   any other, so its requests finish. A decision changes the target count
+   check for --workers-scale-up-after seconds, and retires one (down to the minimum) when
+   at least one worker was idle at each check for --workers-idle-timeout: the one idle
+   longest, stopped gracefully like any other, so its requests finish. A decision changes the target count
    (``num_workers``); spawning and stopping then follow the ordinary rules (back-off,
    zygotes, replacement-first). Each decision is logged and counted (``scaling``).
 """
@@ -140,8 +140,6 @@ class WorkerProcess:
         #: since when it has reported nothing but idle beats (None: not idle).
         self.load = 0
         self.idle_since: float | None = None
-        #: "At --workers-min" was logged for its current idle stretch.
-        self.idle_noted = False
 
     @property
     def ready(self) -> bool:
@@ -213,6 +211,11 @@ class Master:
         self._full_pids: frozenset[int] = frozenset()
         #: "At --workers-max" was logged for the current stretch of full workers.
         self._at_max_noted = False
+        #: Since when at least one serving worker has been idle at every check (and which
+        #: workers served), and whether "at --workers-min" was logged for that stretch.
+        self._spare_since: float | None = None
+        self._spare_pids: frozenset[int] = frozenset()
+        self._at_min_noted = False
         self.pid = os.getpid()
         self.workers: dict[int, WorkerProcess] = {}
         self.zygotes: dict[int, Zygote] = {}
@@ -539,8 +542,8 @@ class Master:
             or self._spawns_in_flight(self.generation)
         ):
             # Not steady: a worker boots, retires (its replacement boots) or crashed. The
-            # decisions wait for the outcome; a full stretch starts again after it.
-            self._full_since = None
+            # decisions wait for the outcome; a full or idle stretch starts again after it.
+            self._full_since = self._spare_since = None
             return
         silent = SILENT_BEATS * self._beat_interval()
         full = [w for w in serving if w.load == 2 or now - w.last_beat > silent]
@@ -561,31 +564,35 @@ class Master:
             if not self._at_max_noted:
                 self._at_max_noted = True
                 error_log.info("Not adding a worker (%s): at --workers-max %d", why, self.workers_max)
-        timeout = self.config.workers_idle_timeout
-        idle = [
-            w
-            for w in serving
-            if w.idle_since is not None and now - w.idle_since >= timeout and now - w.last_beat <= silent
-        ]
+        # Spare capacity: a worker idle at every check. Not "each worker idle for that
+        # long": the kernel spreads connections over all workers, so under a light load
+        # every worker is busy now and then, and none would ever be retired.
+        idle = [w for w in serving if w.idle_since is not None and now - w.last_beat <= silent]
         if not idle:
+            self._spare_since = None
+            self._at_min_noted = False
             return
-        worker = min(idle, key=lambda w: (w.idle_since, -w.spawned))
+        if self._spare_since is None or pids != self._spare_pids:
+            self._spare_since, self._spare_pids = now, pids
+            return
+        timeout = self.config.workers_idle_timeout
+        if now - self._spare_since < timeout:
+            return
+        who = "the only worker" if len(serving) == 1 else "at least one worker"
+        why = f"{who} idle for {timeout:g}s"
         if self.num_workers <= self.workers_min:
-            if not worker.idle_noted:
-                worker.idle_noted = True
-                error_log.debug(
-                    "Worker %d idle for %gs: at --workers-min %d", worker.pid, timeout, self.workers_min
-                )
+            if not self._at_min_noted:
+                self._at_min_noted = True
+                error_log.debug("Not retiring a worker (%s): at --workers-min %d", why, self.workers_min)
             return
+        # The one idle longest (the others may have work again soon); of equals, the youngest.
+        worker = min(idle, key=lambda w: (w.idle_since, -w.spawned))
         error_log.info(
-            "Retiring idle worker %d (idle %gs, %d -> %d)",
-            worker.pid,
-            timeout,
-            self.num_workers,
-            self.num_workers - 1,
+            "Retiring idle worker %d (%s, %d -> %d)", worker.pid, why, self.num_workers, self.num_workers - 1
         )
         self.num_workers -= 1
         self.scaling["down"] += 1
+        self._spare_since = None
         self._stop_worker(worker, "idle", "scale_down")
 
     def _advance_reload(self, now: float) -> None:
@@ -876,7 +883,6 @@ class Master:
         worker.load = load
         if load:
             worker.idle_since = None
-            worker.idle_noted = False
         elif worker.idle_since is None:
             worker.idle_since = now
 
