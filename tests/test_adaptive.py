@@ -230,6 +230,25 @@ def test_a_reload_starts_the_current_target_count(start_server: Start, tmp_path:
     assert not old & set(booted)
 
 
+def test_max_requests_replacements_keep_the_count_and_take_no_decision(start_server: Start) -> None:
+    server = start_server(
+        APP, "--workers-min", "1", "--workers-max", "3", *QUICK, "--max-requests", "200",
+        "--metrics-bind", "127.0.0.1:0",
+    )  # fmt: skip
+    port = metrics_port(server)
+    # One client: never a queue, so never full; its worker is replaced every 200 requests.
+    retired = r"Worker (\d+) exited \(exit code 0"
+    with KeepAliveLoad(server.address, clients=1, path="/pid", per_client=10**7, max_seconds=40) as load:
+        assert wait_until(lambda: len(log_pids(server, retired)) >= 3, 30), server.stderr
+    assert load.failures == []
+    assert len(log_pids(server, r"Stopping worker (\d+) \(served its --max-requests\)")) >= 3
+    wait_workers(server, 1)
+    assert decisions(server) == []
+    samples = scrape(port)
+    assert value(samples, "rapidwsgi_workers_target") == 1
+    assert value(samples, "rapidwsgi_worker_scaling_total", direction="up") == 0
+
+
 def test_sigttin_and_sigttou_move_the_whole_range(start_server: Start) -> None:
     server = start_server(APP, "--workers-min", "1", "--workers-max", "2", "--workers-idle-timeout", "600")
     server.signal(signal.SIGTTIN)
