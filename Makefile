@@ -9,7 +9,8 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
 .PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
-	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload cluster clean
+	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload bench-adaptive \
+	cluster clean
 
 $(VENV)/bin/python:
 	@echo "make: creating $(VENV) with $(PYTHON)"
@@ -48,7 +49,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
-		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py tests/test_bench.py \
+		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py bench/adaptive.py tests/test_bench.py \
 		tests/test_bench_instructions.py tests/test_kubernetes.py tests/test_cluster.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
 		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py sleepy.py
@@ -130,3 +131,8 @@ bench-overload: $(STAMP)
 # HAProxy and nginx, 3 runs of the rolling upgrade and restart. About 8 minutes.
 cluster: $(STAMP)
 	$(BIN)/python bench/cluster/cluster.py
+
+# Adaptive worker count under a stepped load, c=2 -> 20 -> 2 against a 50 ms application
+# (bench/adaptive.py; about 1 min).
+bench-adaptive: $(STAMP)
+	python3 bench/adaptive.py

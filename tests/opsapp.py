@@ -3,7 +3,8 @@
 - ``/pid``: 200, the worker's PID.
 - ``/sleep?s=SECONDS``: sleeps, then 200 ``slept``.
 - ``/grow?mb=N``: keeps N MiB more (touched, so resident) for the process's life, 200.
-- ``/stuck?marker=PATH``: creates PATH, then waits until it is removed (at most 30 s):
+- ``/stuck?marker=PATH``: creates PATH (holding the worker's PID), then waits until it is
+  removed (at most 30 s):
   a request that outlives --request-timeout, released by the test; 200 ``late``. With
   ``&stream=1`` the response starts first (``early``, chunked), then the wait.
 - ``/post``: reads the body, 200 with its length.
@@ -56,8 +57,10 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 def _wait_for_removal(marker: str) -> None:
-    with open(marker, "w"):
-        pass
+    # Written whole under another name, then renamed: a test that sees the file sees the PID.
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)
     deadline = time.monotonic() + 30
     while os.path.exists(marker) and time.monotonic() < deadline:
         time.sleep(0.01)

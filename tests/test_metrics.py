@@ -221,6 +221,7 @@ class FakeWorker:
         self.generation = 2
         self.spawned = time.monotonic() - 10
         self.slot = slot
+        self.load = 0
         self._state = state
 
     @property
@@ -236,6 +237,9 @@ class FakeMaster:
         self.started = time.monotonic() - 60
         self.restarts = {"crash": 1, "reload": 2}
         self.reloads = {"completed": 1}
+        self.workers_min = 0
+        self.workers_max = 0
+        self.scaling = {"up": 0, "down": 0}
         self._workers = workers
 
     @property
@@ -312,6 +316,10 @@ def test_the_prometheus_text_has_the_exact_totals_of_live_and_dead_workers() -> 
     assert s[("rapidwsgi_worker_restarts_total", (("cause", "crash"),))] == 1
     assert s[("rapidwsgi_worker_restarts_total", (("cause", "reload"),))] == 2
     assert s[("rapidwsgi_reloads_total", (("outcome", "completed"),))] == 1
+    # A fixed count: the target is --workers, and nothing was scaled.
+    assert s[("rapidwsgi_workers_target", ())] == 2
+    assert s[("rapidwsgi_worker_scaling_total", (("direction", "up"),))] == 0
+    assert s[("rapidwsgi_worker_scaling_total", (("direction", "down"),))] == 0
 
 
 def test_openmetrics_is_served_when_the_scraper_asks_for_it() -> None:

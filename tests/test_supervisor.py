@@ -149,8 +149,11 @@ class KeepAliveLoad:
         path: str = "/pid",
         per_client: int = 20_000,
         max_seconds: float = 40.0,
+        timeout: float = 10.0,
     ) -> None:
         self.address = address
+        #: Seconds one request may wait for its response (a held inline worker stalls it).
+        self.timeout = timeout
         self.path = path
         self.per_client = per_client
         self.max_seconds = max_seconds
@@ -227,7 +230,7 @@ class KeepAliveLoad:
                 attempts += 1
                 if conn is None:
                     try:
-                        conn = RawConnection(self.address, timeout=10.0)
+                        conn = RawConnection(self.address, timeout=self.timeout)
                     except OSError as exc:
                         self._fail(i, "error", f"connect: {exc!r}")
                         time.sleep(0.05)

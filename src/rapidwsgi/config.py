@@ -344,6 +344,43 @@ class Config:
         expects="an integer or 'auto'",
         validate=_non_negative,
     )
+    workers_min: int = setting(
+        0,
+        help="Adaptive worker count: never fewer than N workers (with --workers-max; 0: 1 when "
+        "--workers-max is set). The master starts max(--workers, N) workers, adds one when every "
+        "worker has been busy for --workers-scale-up-after seconds and retires one while some "
+        "worker has been idle for --workers-idle-timeout (docs/process.md, Adaptive worker count).",
+        section="Worker",
+        metavar="N",
+        validate=_non_negative,
+    )
+    workers_max: int = setting(
+        0,
+        help="Adaptive worker count: never more than M workers (0: the fixed --workers count, no "
+        "adaptation).",
+        section="Worker",
+        metavar="M",
+        validate=_non_negative,
+    )
+    workers_scale_up_after: float = setting(
+        3.0,
+        help="Adaptive worker count: add a worker (up to --workers-max) once every serving worker "
+        "has had all its capacity in use (inline: requests waiting for the event loop, or the loop "
+        "blocked; --threads N: N requests in the application) at every heartbeat for this long, as "
+        "uWSGI's cheaper-overload.",
+        section="Worker",
+        metavar="SECONDS",
+        validate=_positive,
+    )
+    workers_idle_timeout: float = setting(
+        30.0,
+        help="Adaptive worker count: retire one worker (down to --workers-min; gracefully, its "
+        "requests finish) when at least one worker had nothing in the application at every "
+        "heartbeat for this long: the one idle longest. One retirement per such stretch.",
+        section="Worker",
+        metavar="SECONDS",
+        validate=_positive,
+    )
     threads: int = setting(
         1,
         help="Application threads. 1 runs the application inline on the event loop "
@@ -758,6 +795,16 @@ class Config:
     )
     on_exit: Hook | None = hook_setting("on_exit(server)", "Master: just before it exits.")
 
+    @property
+    def adaptive(self) -> bool:
+        """An adaptive worker count (--workers-max set): see :attr:`workers_range`."""
+        return self.workers_max > 0
+
+    @property
+    def workers_range(self) -> tuple[int, int]:
+        """The adaptive range, (min, max): --workers-min (1 when unset) to --workers-max."""
+        return max(self.workers_min, 1), self.workers_max
+
     def protocol_for(self, index: int) -> str:
         """The ``--protocol`` of the ``index``-th listening socket."""
         return self.protocol[index] if len(self.protocol) > 1 else self.protocol[0]
@@ -827,6 +874,16 @@ class Config:
         if watching and not config.reload:
             verb = "needs" if len(watching) == 1 else "need"
             raise ConfigError(f"{' and '.join(watching)} {verb} --reload (nothing is watched without it)")
+        if config.workers_min and not config.workers_max:
+            raise ConfigError(
+                f"--workers-min {config.workers_min} needs --workers-max (the upper end of the range)"
+            )
+        if config.workers_min > config.workers_max:
+            raise ConfigError(
+                f"--workers-min {config.workers_min} is above --workers-max {config.workers_max}"
+            )
+        if config.adaptive and config.workers > config.workers_max:
+            raise ConfigError(f"--workers {config.workers} is above --workers-max {config.workers_max}")
         if len(config.protocol) not in (1, len(config.bind)):
             raise ConfigError(
                 f"--protocol: give one for all binds or one per --bind ({len(config.bind)}), "

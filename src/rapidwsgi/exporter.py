@@ -38,6 +38,8 @@ STATSD_INTERVAL: Final = 1.0
 #: One statsd datagram stays below a common path MTU (1500 - IP - UDP headers).
 STATSD_PACKET: Final = 1432
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
+#: A worker's load in the JSON stats (worker.Supervision.LOADS).
+_LOAD_NAMES: Final = ("idle", "busy", "full")
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
@@ -48,6 +50,8 @@ class WorkerView(Protocol):
     generation: int
     spawned: float
     slot: int
+    #: The load its last beat reported (adaptive worker count): 0 idle, 1 busy, 2 full.
+    load: int
 
     @property
     def state(self) -> str: ...
@@ -62,6 +66,10 @@ class MasterView(Protocol):
     started: float
     restarts: dict[str, int]
     reloads: dict[str, int]
+    #: The adaptive range (0, 0 for a fixed count) and the decisions by direction.
+    workers_min: int
+    workers_max: int
+    scaling: dict[str, int]
 
     @property
     def worker_views(self) -> Sequence[WorkerView]: ...
@@ -118,6 +126,7 @@ class Snapshot:
                     "idle_connections": gauges[1],
                     "threads_busy": gauges[2],
                     "requests_waiting": gauges[3],
+                    "load": _LOAD_NAMES[w.load] if master.workers_max else None,
                     "busy": [
                         {
                             "thread": b.record,
@@ -149,6 +158,9 @@ class Snapshot:
                 "uptime": round(self.taken - m.started, 3),
                 "generation": m.generation,
                 "workers_wanted": m.num_workers,
+                "workers_min": m.workers_min,
+                "workers_max": m.workers_max,
+                "scaling": dict(m.scaling),
                 "restarts": dict(m.restarts),
                 "reloads": dict(m.reloads),
             },
@@ -300,6 +312,19 @@ class Snapshot:
         for outcome, value in sorted(m.reloads.items()):
             reloads.add_metric([outcome], value)
         yield reloads
+        yield GaugeMetricFamily(
+            "rapidwsgi_workers_target",
+            "The worker count the master keeps (--workers; with --workers-max, where the adaptation is).",
+            value=m.num_workers,
+        )
+        scaling = CounterMetricFamily(
+            "rapidwsgi_worker_scaling",
+            "Adaptive worker count (--workers-max): workers added (up) and idle ones retired (down).",
+            labels=["direction"],
+        )
+        for direction in ("up", "down"):
+            scaling.add_metric([direction], m.scaling.get(direction, 0))
+        yield scaling
 
     def prometheus(self, accept: str) -> tuple[bytes, str]:
         from prometheus_client.exposition import choose_encoder

@@ -34,8 +34,17 @@ Rules:
    only for one whose loop is blocked). With ``--shutdown-delay``, a SIGTERM first sends
    the workers SIGUSR2 (their health path answers 503; they serve on as before) and
    the graceful stop starts when the delay is over. SIGTTIN / SIGTTOU: one worker
-   more / fewer.
+   more / fewer (with an adaptive range: the whole range moves by one, rule 9).
    SIGUSR1: reopen logs (master, zygotes, workers).
+9. Adaptive worker count (--workers-max): every worker's beat says how much of its
+   capacity is in use (worker.Supervision). Once a second, in a steady state only (every
+   worker of the serving generation serves, none boots, retires or is in a reload), the
+   master adds one worker (up to the maximum) when every serving worker was full at each
+   check for --workers-scale-up-after seconds, and retires one (down to the minimum) when
+   at least one worker was idle at each check for --workers-idle-timeout: the one idle
+   longest, stopped gracefully like any other, so its requests finish. A decision changes the target count
+   (``num_workers``); spawning and stopping then follow the ordinary rules (back-off,
+   zygotes, replacement-first). Each decision is logged and counted (``scaling``).
 """
 
 from __future__ import annotations
@@ -78,6 +87,11 @@ MAX_BACKOFF: Final = 30.0
 BOOT_ATTEMPTS: Final = 5
 #: How often the master's loop wakes up when nothing happens.
 POLL_INTERVAL: Final = 0.2
+#: Adaptive worker count: seconds between two scaling checks (rule 9) ...
+SCALE_TICK: Final = 1.0
+#: ... and a ready worker silent for this many beat intervals has its event loop blocked
+#: (an inline application running a long request): it counts as full.
+SILENT_BEATS: Final = 1.5
 
 _HANDLED_SIGNALS: Final = (
     signal.SIGHUP,
@@ -122,6 +136,10 @@ class WorkerProcess:
         self.retire_message = b""
         self.stop_sent: float | None = None
         self.abort_sent: float | None = None
+        #: Adaptive worker count: the load its last beat reported (Supervision.LOADS) and
+        #: since when it has reported nothing but idle beats (None: not idle).
+        self.load = 0
+        self.idle_since: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -179,6 +197,25 @@ class Master:
         self.log = error_log
         self.sockets = sockets
         self.num_workers = config.workers or os.cpu_count() or 1
+        #: Adaptive worker count (rule 9): the range num_workers moves in, or (0, 0).
+        self.workers_min, self.workers_max = config.workers_range if config.adaptive else (0, 0)
+        if config.adaptive:
+            # The documented start: --workers, raised to the minimum (config.py refuses a
+            # --workers above the maximum; "auto" is clamped to it).
+            self.num_workers = min(max(self.num_workers, self.workers_min), self.workers_max)
+        #: Scaling decisions by direction ("up", "down"), for the metrics.
+        self.scaling: dict[str, int] = {"up": 0, "down": 0}
+        self._next_scale = 0.0
+        #: Since when every serving worker has been full, and which workers those were.
+        self._full_since: float | None = None
+        self._full_pids: frozenset[int] = frozenset()
+        #: "At --workers-max" was logged for the current stretch of full workers.
+        self._at_max_noted = False
+        #: Since when at least one serving worker has been idle at every check (and which
+        #: workers served), and whether "at --workers-min" was logged for that stretch.
+        self._spare_since: float | None = None
+        self._spare_pids: frozenset[int] = frozenset()
+        self._at_min_noted = False
         self.pid = os.getpid()
         self.workers: dict[int, WorkerProcess] = {}
         self.zygotes: dict[int, Zygote] = {}
@@ -247,10 +284,11 @@ class Master:
         if self.exporter is not None and self.exporter.listener is not None:
             error_log.info("Metrics at: %s (%d)", describe(self.exporter.listener), self.pid)
         error_log.info(
-            "Using %d worker%s%s",
+            "Using %d worker%s%s%s",
             self.num_workers,
             "s" if self.num_workers != 1 else "",
             ", preloaded" if self.config.preload else "",
+            f", adaptive {self.workers_min}..{self.workers_max}" if self.workers_max else "",
         )
         if self.reloader is not None:
             error_log.info("Reloading on changes (%s)", self.reloader.backend)
@@ -366,13 +404,37 @@ class Master:
         self.stop(graceful=False, reason="SIGQUIT")
 
     def handle_ttin(self) -> None:
+        if self.workers_max:
+            # Adaptive: the whole range moves up, so that the adaptation keeps the worker.
+            self._move_range(+1, "SIGTTIN")
+            return
         self.num_workers += 1
         error_log.info("SIGTTIN: %d workers", self.num_workers)
 
     def handle_ttou(self) -> None:
+        if self.workers_max:
+            self._move_range(-1, "SIGTTOU")
+            return
         if self.num_workers > 1:
             self.num_workers -= 1
         error_log.info("SIGTTOU: %d workers", self.num_workers)
+
+    def _move_range(self, step: int, name: str) -> None:
+        """SIGTTIN / SIGTTOU with an adaptive range: one worker more / fewer now, and the
+        range moves with it (never below 1 worker); not counted as a scaling decision."""
+        low = max(1, self.workers_min + step)
+        high = max(low, self.workers_max + step)
+        self.workers_min, self.workers_max = low, high
+        self.num_workers = min(max(self.num_workers + step, low), high)
+        self._full_since = None
+        error_log.info(
+            "%s: %d worker%s (adaptive %d..%d)",
+            name,
+            self.num_workers,
+            "s" if self.num_workers != 1 else "",
+            low,
+            high,
+        )
 
     def handle_usr1(self) -> None:
         reopen_error_log()
@@ -443,6 +505,9 @@ class Master:
         now = time.monotonic()
         if self.pending is not None:
             self._advance_reload(now)
+        elif self.workers_max and self.stop_at is None and now >= self._next_scale:
+            self._next_scale = now + SCALE_TICK
+            self._scale(now)
         if self.config.preload and now >= self.next_spawn and not self._zygote_of(self.generation):
             # Its zygote failed to import the application again (the code on disk
             # changed under it): retry, backed off like a crash loop.
@@ -464,6 +529,71 @@ class Master:
         if len(active) > self.num_workers:
             for worker in sorted(active, key=lambda w: w.spawned)[: len(active) - self.num_workers]:
                 self._stop_worker(worker, "fewer workers wanted", "scale_down")
+
+    # ------------------------------------------------------------------ adaptive count
+
+    def _scale(self, now: float) -> None:
+        """One scaling check (rule 9): at most one decision, which moves ``num_workers``."""
+        current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
+        serving = [w for w in current if w.ready and not w.retiring]
+        if (
+            len(serving) != len(current)
+            or len(serving) != self.num_workers
+            or self._spawns_in_flight(self.generation)
+        ):
+            # Not steady: a worker boots, retires (its replacement boots) or crashed. The
+            # decisions wait for the outcome; a full or idle stretch starts again after it.
+            self._full_since = self._spare_since = None
+            return
+        silent = SILENT_BEATS * self._beat_interval()
+        full = [w for w in serving if w.load == 2 or now - w.last_beat > silent]
+        pids = frozenset(w.pid for w in serving)
+        if len(full) < len(serving):
+            self._full_since = None
+            self._at_max_noted = False
+        elif self._full_since is None or pids != self._full_pids:
+            self._full_since, self._full_pids = now, pids
+        elif now - self._full_since >= self.config.workers_scale_up_after:
+            why = f"{_all_workers(len(serving))} busy for {self.config.workers_scale_up_after:g}s"
+            if self.num_workers < self.workers_max:
+                error_log.info("Adding worker (%s, %d -> %d)", why, self.num_workers, self.num_workers + 1)
+                self.num_workers += 1
+                self.scaling["up"] += 1
+                self._full_since = None
+                return
+            if not self._at_max_noted:
+                self._at_max_noted = True
+                error_log.info("Not adding a worker (%s): at --workers-max %d", why, self.workers_max)
+        # Spare capacity: a worker idle at every check. Not "each worker idle for that
+        # long": the kernel spreads connections over all workers, so under a light load
+        # every worker is busy now and then, and none would ever be retired.
+        idle = [w for w in serving if w.idle_since is not None and now - w.last_beat <= silent]
+        if not idle:
+            self._spare_since = None
+            self._at_min_noted = False
+            return
+        if self._spare_since is None or pids != self._spare_pids:
+            self._spare_since, self._spare_pids = now, pids
+            return
+        timeout = self.config.workers_idle_timeout
+        if now - self._spare_since < timeout:
+            return
+        who = "the only worker" if len(serving) == 1 else "at least one worker"
+        why = f"{who} idle for {timeout:g}s"
+        if self.num_workers <= self.workers_min:
+            if not self._at_min_noted:
+                self._at_min_noted = True
+                error_log.debug("Not retiring a worker (%s): at --workers-min %d", why, self.workers_min)
+            return
+        # The one idle longest (the others may have work again soon); of equals, the youngest.
+        worker = min(idle, key=lambda w: (w.idle_since, -w.spawned))
+        error_log.info(
+            "Retiring idle worker %d (%s, %d -> %d)", worker.pid, why, self.num_workers, self.num_workers - 1
+        )
+        self.num_workers -= 1
+        self.scaling["down"] += 1
+        self._spare_since = None
+        self._stop_worker(worker, "idle", "scale_down")
 
     def _advance_reload(self, now: float) -> None:
         generation = self.pending
@@ -567,7 +697,13 @@ class Master:
                 os.close(read_fd)
                 self._forget_in_child()
                 supervision = Supervision(
-                    write_fd, self.pid, self._beat_interval(), max_requests, self._region(), slot
+                    write_fd,
+                    self.pid,
+                    self._beat_interval(),
+                    max_requests,
+                    self._region(),
+                    slot,
+                    self.config.adaptive,
                 )
                 worker_process(self.config, self.sockets, supervision, None, self, info)
             finally:
@@ -730,12 +866,25 @@ class Master:
             error_log.info("Worker %d serving", worker.pid)
             if self.stop_at is not None:
                 _kill(worker.pid, signal.SIGUSR2)  # a replacement started during the delay
+        if self.workers_max:
+            self._note_load(worker, data, now)
         if not worker.retiring:
             for message in Supervision.RETIRE:
                 if message in data:
                     worker.retiring = True
                     worker.retire_message = message
                     break
+
+    def _note_load(self, worker: WorkerProcess, data: bytes, now: float) -> None:
+        """The load of the last beat in ``data`` (--workers-max), and the idle stretch."""
+        at, load = max((data.rfind(beat), value) for beat, value in Supervision.LOADS.items())
+        if at < 0:
+            return
+        worker.load = load
+        if load:
+            worker.idle_since = None
+        elif worker.idle_since is None:
+            worker.idle_since = now
 
     def _reap(self) -> None:
         while True:
@@ -1027,7 +1176,9 @@ def zygote_process(
                     for fd in (wake_r, wake_w):
                         _close_quietly(fd)
                     sock.close()
-                    supervision = Supervision(fds[0], master_pid, beat, max_requests, metrics_region, slot)
+                    supervision = Supervision(
+                        fds[0], master_pid, beat, max_requests, metrics_region, slot, config.adaptive
+                    )
                     info = hooks.WorkerInfo(request, generation, config)
                     worker_process(config, sockets, supervision, app, server, info)
                 finally:
@@ -1046,6 +1197,11 @@ def zygote_process(
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _all_workers(count: int) -> str:
+    """The workers of a scaling message: "all 3 workers", "the only worker"."""
+    return "the only worker" if count == 1 else f"all {count} workers"
 
 
 def _flush_and_exit(code: int) -> NoReturn:

@@ -44,6 +44,10 @@ from .tls import worker_context
 from .wsgi import Environ, FileWrapper, WSGIApp
 
 TICK: Final = 1.0
+#: Inline mode, --workers-max: a beat that fires this much later than it was due found the
+#: loop busy (an application call was running when it came due). Above the timer's own
+#: jitter (libuv's millisecond clock), below any request worth a worker.
+BUSY_LATENESS: Final = 0.005
 
 #: Listening handles per socket: connections a worker accepts per loop iteration at most.
 ACCEPT_HANDLES: Final = 4
@@ -107,10 +111,19 @@ class Supervision:
     once it wants to be replaced: it has served ``max_requests`` requests, its memory
     is over ``--max-worker-memory``, or a thread is stuck past ``--request-timeout``.
     ``master_pid`` lets the worker notice an orphaning.
+
+    With ``report_load`` (an adaptive worker count, --workers-max), each beat also says how
+    much of the worker's application capacity was in use at that moment: ``BEAT`` none,
+    ``BEAT_BUSY`` some, ``BEAT_FULL`` all of it (see :meth:`Worker._beat`). Every message
+    is one byte, so the master finds each of them in whatever one read returns.
     """
 
     READY: Final = b"R"
     BEAT: Final = b"."
+    BEAT_BUSY: Final = b"+"
+    BEAT_FULL: Final = b"*"
+    #: The load each beat reports: 0 idle, 1 busy, 2 full (the master's WorkerProcess.load).
+    LOADS: Final = {BEAT: 0, BEAT_BUSY: 1, BEAT_FULL: 2}
     RETIRING: Final = b"Q"
     RETIRING_MEMORY: Final = b"M"
     RETIRING_STUCK: Final = b"S"
@@ -129,6 +142,7 @@ class Supervision:
         max_requests: int,
         metrics_region: Any = None,
         slot: int = -1,
+        report_load: bool = False,
     ) -> None:
         self.notify_fd = notify_fd
         self.master_pid = master_pid
@@ -137,6 +151,8 @@ class Supervision:
         #: The master's shared metrics region and this worker's slot in it (metrics.py).
         self.metrics_region = metrics_region
         self.slot = slot
+        #: Each beat says BEAT, BEAT_BUSY or BEAT_FULL (the master adapts the worker count).
+        self.report_load = report_load
 
     def send(self, message: bytes) -> None:
         try:
@@ -175,6 +191,11 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: ServerContext | None = None
         self._served = 0
+        #: Requests one worker can have in the application at once (--threads N,
+        #: --limit-concurrency; 1 inline): what a BEAT_FULL is measured against.
+        self._capacity = 1
+        #: When the next beat is due (monotonic), to tell how late it fired.
+        self._beat_due = 0.0
         self._retiring = False
         self._timers: list[asyncio.TimerHandle] = []
         #: SIGUSR2 from the master: a stop is coming (--shutdown-delay).
@@ -296,6 +317,7 @@ class Worker:
         )
         # --limit-concurrency: at most that many requests in the application at once.
         running = min(config.threads, config.limit_concurrency or config.threads)
+        self._capacity = running if config.threads > 1 else 1
         executor = (
             ThreadPoolExecutor(max_workers=running, thread_name_prefix="rapidwsgi-app")
             if config.threads > 1
@@ -383,6 +405,7 @@ class Worker:
             self._every(TICK, self._check_health)
         if self.supervision is not None:
             self.supervision.send(Supervision.READY)
+            self._beat_due = time.monotonic() + self.supervision.beat_interval
             self._every(self.supervision.beat_interval, self._beat)
         await self._stop.wait()
 
@@ -562,7 +585,57 @@ class Worker:
             error_log.warning("master %d is gone; stopping", supervision.master_pid)
             self._on_signal(signal.SIGTERM)
             return
-        supervision.send(Supervision.BEAT)
+        if not supervision.report_load:
+            supervision.send(Supervision.BEAT)
+            return
+        self._report_load(supervision)
+
+    def _report_load(self, supervision: Supervision) -> None:
+        """A beat that says how much of this worker's capacity is in use (--workers-max).
+
+        Nothing is measured per request: the beat samples what the worker keeps anyway.
+        Threaded: ``threads_busy`` (running and queued) against the capacity. Inline, the
+        beat runs on the loop, so never while an application call runs; it asks instead
+        (1) whether it came due while the loop was busy (it fired late: busy) and (2)
+        whether requests were already waiting when it fired: two ``call_soon`` steps later
+        the loop has run one poll and its callbacks, and the requests those answered had
+        arrived before and waited for the loop (busy; full when they were a queue, see
+        ``_inline_load``). An inline loop blocked by a long request sends nothing at all:
+        the master counts its silence as full.
+        """
+        now = time.monotonic()
+        late = now - self._beat_due > BUSY_LATENESS
+        self._beat_due = now + supervision.beat_interval
+        ctx = self._ctx
+        busy = ctx.threads_busy if ctx is not None else 0
+        if self._capacity > 1 or busy:
+            # Threaded; or inline with a helper thread holding the gate (a request with
+            # a body the application streams): another request would wait for it.
+            full = busy >= self._capacity
+            supervision.send(
+                Supervision.BEAT_FULL if full else Supervision.BEAT_BUSY if busy else Supervision.BEAT
+            )
+            return
+        loop = self._loop
+        assert loop is not None
+        served = self._served
+        # This step runs before the loop's next poll, the second one after it.
+        loop.call_soon(self._inline_probe, supervision, served, late)
+
+    def _inline_probe(self, supervision: Supervision, served: int, late: bool) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon(self._inline_load, supervision, served, late)
+
+    def _inline_load(self, supervision: Supervision, served: int, late: bool) -> None:
+        # Requests answered since the beat had arrived before it: they waited. One alone
+        # may be a single client's next request, sent while the beat ran; it is a queue
+        # only if the loop was busy anyway (late). Two or more are a queue.
+        waited = self._served - served
+        if waited >= 2 or (late and waited):
+            supervision.send(Supervision.BEAT_FULL)
+        else:
+            supervision.send(Supervision.BEAT_BUSY if late or waited else Supervision.BEAT)
 
     def _request_done(self) -> None:
         self._served += 1
