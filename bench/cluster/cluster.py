@@ -33,6 +33,7 @@ HAProxy, nginx and Django + psycopg in the Python that runs the hosts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -383,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--out", help="results file stem (default bench/results/<date>-<host>-cluster)")
+    parser.add_argument("--keep", help="work in this (new) directory and keep it: the logs of every piece")
     cfg = parser.parse_args(argv)
     scenarios = cfg.scenario or list(SCENARIOS)
     balancers = cfg.balancer or sorted(BALANCERS)
@@ -391,7 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{cfg.hosts} hosts x 2 workers (inline), {cfg.clients} keep-alive clients, 1 POST in 4."
     )
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="rwcluster-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if cfg.keep:
+            tmp = cfg.keep
+            Path(tmp).mkdir(parents=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rwcluster-"))
         bed = Bed(Path(tmp), cfg.python, cfg.hosts)
         try:
             bed.open()

@@ -423,14 +423,12 @@ class Worker:
         ctx.shutdown(deadline if graceful else time.monotonic())
         if graceful:
             loop = asyncio.get_running_loop()
-            for conn, factory, tls_on, limit in queued:
+            for accepted, factory, tls_on, limit in queued:
                 # Each closes after its one response (ctx.shutting_down, connection_made).
                 with contextlib.suppress(OSError, ValueError):
-                    await loop.connect_accepted_socket(factory, conn, ssl=tls_on, ssl_handshake_timeout=limit)
-        else:
-            for conn, *_ in queued:
-                conn.close()
-        if graceful:
+                    await loop.connect_accepted_socket(
+                        factory, accepted, ssl=tls_on, ssl_handshake_timeout=limit
+                    )
             # A SIGQUIT now (the master's "stop at once", e.g. a second Ctrl-C) ends
             # the wait: what is left is aborted below.
             while ctx.connections and time.monotonic() < deadline and not self._quick:
@@ -438,6 +436,9 @@ class Worker:
                 ctx.check_timeouts(time.monotonic())
             if self._quick and ctx.connections:
                 error_log.info("Stopping at once (SIGQUIT): %d connection(s) cut", len(ctx.connections))
+        else:
+            for accepted, *_ in queued:
+                accepted.close()
         for conn in list(ctx.connections):
             conn.abort()
         for timer in self._timers:
