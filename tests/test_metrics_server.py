@@ -501,6 +501,9 @@ def test_gateway_requests_carry_their_protocol_label(start_server: Start, protoc
                 if protocol == "fastcgi" and b"\x03\x00\x01" in data[-16:]:
                     break
             assert b"ok" in data
+    # (a request is counted once its response is written: the client may read the
+    # FastCGI END_REQUEST, and scrape, first)
+    assert wait_until(lambda: requests_of(scrape(port), protocol) == Counter({("POST", "2xx"): 4}), 5.0)
     samples = scrape(port)
     assert requests_of(samples, protocol) == Counter({("POST", "2xx"): 4})
     assert requests_of(samples, "http") == Counter()
