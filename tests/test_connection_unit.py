@@ -558,6 +558,49 @@ async def test_threaded_body_buffer_pauses_reading_at_high_water_until_the_app_r
         thread.join(5)
 
 
+def early(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Answers without reading the request body."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"early"]
+
+
+async def early_answer(server: Server, executor: HeldExecutor) -> threading.Thread:
+    """A POST whose body is still coming is answered (threaded) without being read."""
+    server.conn.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    thread = executor.start()
+    await until(lambda: bool(server.transport.calls))
+    thread.join(5)
+    assert server.transport.take() == [("write", ok(b"early"))]
+    return thread
+
+
+@pytest.mark.parametrize("c_path", PATHS)
+@in_loop
+async def test_unread_body_is_drained_and_the_next_request_served(c_path: bool, clock: FakeTime) -> None:
+    executor = HeldExecutor()
+    server = Server(early, c_path, executor=executor)
+    await early_answer(server, executor)
+    server.conn.data_received(b"defghij" + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    thread = executor.start()
+    await until(lambda: bool(server.transport.calls))
+    thread.join(5)
+    assert server.transport.take() == [("write", ok(b"early"))]
+    assert server.transport.ends() == []
+
+
+@pytest.mark.parametrize("c_path", PATHS)
+@in_loop
+async def test_drain_timeout_closes_without_a_408(c_path: bool, clock: FakeTime) -> None:
+    executor = HeldExecutor()
+    server = Server(early, c_path, executor=executor)
+    clock.now = T0 + 1
+    await early_answer(server, executor)
+    server.tick(clock, T0 + 1 + BODY_TIMEOUT - 0.001)
+    assert server.transport.take() == []
+    server.tick(clock, T0 + 1 + BODY_TIMEOUT)
+    assert server.transport.take() == [("close",)]
+
+
 @pytest.mark.parametrize("c_path", PATHS)
 @in_loop
 async def test_client_gone_while_paused_closes_the_iterable_once(c_path: bool, clock: FakeTime) -> None:
