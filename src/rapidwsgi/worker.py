@@ -651,8 +651,3 @@ class Worker:
             self._retiring = True
             error_log.info("Served %d requests; asking to be retired", self._served)
             supervision.send(Supervision.RETIRING)
-
-    def stop(self) -> None:
-        """Ask the worker to stop gracefully (thread-safe)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_signal, signal.SIGTERM)
