@@ -4,7 +4,10 @@ Contract: :func:`request_from_head` takes a syntactically valid request head (me
 target, version, fields with lower-cased names) and either returns the
 :class:`~rapidwsgi.events.Request` with its framing decided, or raises the
 :class:`~rapidwsgi.errors.RemoteProtocolError` the first violation implies
-(RFC 9110 / RFC 9112). :class:`Limits` holds the size limits every front-end applies.
+(RFC 9110 / RFC 9112). Of the size limits every front-end applies
+(:class:`~rapidwsgi.protocols.base.Limits`), this module checks the declared
+Content-Length against ``max_body`` (413); the tokenizer (``_tokenizer.py``) checks the
+request-target and field limits (414/431) and the body bytes as they arrive (413).
 """
 
 from __future__ import annotations
