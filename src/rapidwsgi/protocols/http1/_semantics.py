@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from ..._bounded import remember
 from ...errors import (
     BadRequest,
     ContentTooLarge,
@@ -32,8 +33,10 @@ _SPECIAL_FIELDS: Final = (
     frozenset((b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"))
     | FORWARDING_FIELDS
 )
-#: Host values already validated (a server sees few distinct ones; bounded).
-_valid_hosts: Final[set[bytes]] = set()
+#: Host values already validated (a server sees few distinct ones; bounded:
+#: _bounded.remember).
+_valid_hosts: Final[dict[bytes, bool]] = {}
+_MAX_VALID_HOSTS: Final = 64
 
 
 def _split_list(values: list[bytes]) -> list[bytes]:
@@ -88,8 +91,7 @@ def request_from_head(
     if host is not None and host not in _valid_hosts:
         if g.HOST_VALUE.fullmatch(host) is None:
             raise BadRequest("invalid Host header")
-        if len(_valid_hosts) < 64:
-            _valid_hosts.add(host)
+        remember(_valid_hosts, host, True, _MAX_VALID_HOSTS)
 
     # Target forms, RFC 9112 §3.2.
     authority: bytes | None = None
