@@ -24,6 +24,7 @@ from setuptools.command.build_ext import build_ext
 C_EXTENSION = "rapidwsgi._cfast"
 
 HOT_MODULES = [
+    "src/rapidwsgi/_bounded.py",
     "src/rapidwsgi/events.py",
     "src/rapidwsgi/protocols/_grammar.py",
     "src/rapidwsgi/protocols/_state.py",

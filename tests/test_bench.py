@@ -4,8 +4,9 @@
 (installed with matplotlib into the bench's peers venv on first use) for about a second
 per load, standalone and behind nginx when nginx is installed, and writes the JSON, the
 markdown report and the PNG charts into a temporary directory. Nothing here asserts a
-speed. Set RAPIDWSGI_SKIP_BENCH=1 to skip it (it then says so); missing wrk/ab is a
-failure, not a skip (CI installs them).
+speed. Set RAPIDWSGI_SKIP_BENCH=1 to skip the self-test (it then says so; ``make
+test-fast`` sets it; the quick checks below still run); missing wrk/ab is a failure, not
+a skip (CI installs them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ BENCH = REPO / "bench"
 SERVERS = ("rapidwsgi", "waitress")
 CHART_KINDS = ("rps", "latency", "errors", "seed")
 
-pytestmark = pytest.mark.skipif(
+#: On the tests that need the self-test run (``selftest_run``), the slow part of this file.
+skip_selftest = pytest.mark.skipif(
     os.environ.get("RAPIDWSGI_SKIP_BENCH") == "1", reason="RAPIDWSGI_SKIP_BENCH=1: bench smoke test skipped"
 )
 
@@ -71,6 +73,7 @@ def selftest_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpro
     return out, proc
 
 
+@skip_selftest
 @pytest.mark.timeout(660)
 def test_selftest_writes_report_json_and_charts(
     selftest_run: tuple[Path, subprocess.CompletedProcess[str]],
@@ -120,6 +123,7 @@ def test_selftest_writes_report_json_and_charts(
         assert f"]({name})" in md
 
 
+@skip_selftest
 def test_markdown_rerenders_from_json(selftest_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, proc = selftest_run
     assert proc.returncode == 0, proc.stderr[-3000:]

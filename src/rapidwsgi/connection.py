@@ -572,7 +572,20 @@ def connection_environ(base: Environ, transport: asyncio.BaseTransport) -> Envir
 
 
 class HTTPConnection:
-    """asyncio protocol for one HTTP/1.1 client connection (see the module docstring)."""
+    """asyncio protocol for one accepted connection, whatever front-end protocol it
+    speaks (see the module docstring).
+
+    ``wire_factory`` builds the connection's sans-IO wire protocol, chosen per listener
+    by ``--protocol`` (``worker.WIRE_PROTOCOLS``): :class:`H1Connection` for HTTP/1.x
+    clients and proxies, ``UwsgiConnection`` (nginx ``uwsgi_pass``) or
+    ``FastCGIConnection`` (``fastcgi_pass``). This class drives each only through the
+    :class:`ServerConnection` contract; what differs between them it reads from the
+    wire's class attributes: ``GATEWAY`` (uwsgi, FastCGI: the peer's CGI variables are
+    authoritative, so no forwarding fields are applied, and the peer pools its
+    connections), ``RAW_BODY_OK`` (sendfile; false for FastCGI's records and over TLS)
+    and ``METRICS_PROTOCOL``. The C request path (``_cfast.Fast``) is attached only to
+    plain HTTP/1.1 connections (``type(wire) is H1Connection``).
+    """
 
     def __init__(
         self,

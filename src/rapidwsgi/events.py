@@ -1,8 +1,9 @@
 """The protocol-neutral vocabulary every front-end speaks.
 
-A front-end (HTTP/1.1 today; uwsgi and FastCGI later) turns wire bytes into these
-events and turns :class:`Response` / body bytes back into wire bytes. Everything above
-the protocol layer (the WSGI adapter, the connection) only ever sees these classes.
+A front-end (HTTP/1.1: ``protocols/http1/``; uwsgi: ``protocols/uwsgi.py``; FastCGI:
+``protocols/fastcgi.py``) turns wire bytes into these events and turns
+:class:`Response` / body bytes back into wire bytes. Everything above the protocol layer
+(the WSGI adapter, the connection) only ever sees these classes.
 
 Contract: events are plain value objects; they hold bytes exactly as received
 (header names lower-cased) and never refer back to a connection or a socket.

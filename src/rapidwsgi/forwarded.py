@@ -17,6 +17,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any, Final
 
+from ._bounded import remember
+
 _MAX_CACHED: Final = 1024
 
 #: The forwarding fields ``--trusted-proxy-headers`` may name, with their environ keys.
@@ -74,8 +76,7 @@ class TrustedPeers:
             if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
                 ip = ip.ipv4_mapped
             trusted = any(ip in net for net in self.networks)
-        if len(self._cache) < _MAX_CACHED:
-            self._cache[address] = trusted
+        remember(self._cache, address, trusted, _MAX_CACHED)
         return trusted
 
 

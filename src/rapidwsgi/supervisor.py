@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import faulthandler
 import os
 import random
@@ -1277,13 +1276,9 @@ def _drain(fd: int) -> None:
 
 
 def _kill(pid: int, signum: int) -> None:
-    try:
+    # ESRCH (ProcessLookupError): the process is already gone; any other error is raised.
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
 
 
 def _close_quietly(fd: int) -> None:

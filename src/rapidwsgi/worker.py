@@ -298,10 +298,17 @@ class Worker:
         ]
 
     async def _serve(self) -> int:
-        config = self.config
-        loop = asyncio.get_running_loop()
+        """Start up, serve until a stop signal, then drain (graceful or not) and stop."""
         self._stop = asyncio.Event()
         self._install_signals()
+        ctx = await self._start()
+        await self._stop.wait()
+        return await self._drain(ctx)
+
+    def _make_context(self) -> ServerContext:
+        """The per-process serving state (logs, thread pool, meter, limits, policies)."""
+        config = self.config
+        loop = asyncio.get_running_loop()
         clock = Clock(server="rapidwsgi" if config.server_header else None, date=config.date_header)
         json_log = bool(config.access_logfile) and config.access_logformat == "json"
         request_ids = RequestIds(config.request_id_header) if config.request_id_header or json_log else None
@@ -368,6 +375,13 @@ class Worker:
         if self._signal is not None:
             ctx.shutting_down = True  # a signal came while the context was being built
         ctx.unready = self._unready
+        return ctx
+
+    async def _start(self) -> ServerContext:
+        """Build the context, listen on every socket, start the timers, tell the master."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        ctx = self._make_context()
         # Everything alive now (modules, the application, its caches) lives as long as
         # the worker: keep the cyclic garbage collector from traversing it again at
         # every collection the requests' allocations trigger (and from touching pages
@@ -407,8 +421,11 @@ class Worker:
             self.supervision.send(Supervision.READY)
             self._beat_due = time.monotonic() + self.supervision.beat_interval
             self._every(self.supervision.beat_interval, self._beat)
-        await self._stop.wait()
+        return ctx
 
+    async def _drain(self, ctx: ServerContext) -> int:
+        """Stop accepting, serve what is queued and in flight (graceful), then stop."""
+        config = self.config
         graceful = not self._quick
         error_log.info(
             "Worker shutting down (%s)%s",
@@ -439,14 +456,18 @@ class Worker:
         else:
             for accepted, *_ in queued:
                 accepted.close()
+        return self._stopped(ctx)
+
+    def _stopped(self, ctx: ServerContext) -> int:
+        """The end of a stop: cut what is left, cancel the timers, release the threads."""
         for conn in list(ctx.connections):
             conn.abort()
         for timer in self._timers:
             timer.cancel()
-        if access_log is not None:
-            access_log.flush()
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        if ctx.access_log is not None:
+            ctx.access_log.flush()
+        if ctx.executor is not None:
+            ctx.executor.shutdown(wait=False, cancel_futures=True)
         ctx.stop_helpers()
         self._stuck_threads = ctx.threads_busy
         error_log.info("Worker stopped")
@@ -651,8 +672,3 @@ class Worker:
             self._retiring = True
             error_log.info("Served %d requests; asking to be retired", self._served)
             supervision.send(Supervision.RETIRING)
-
-    def stop(self) -> None:
-        """Ask the worker to stop gracefully (thread-safe)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_signal, signal.SIGTERM)

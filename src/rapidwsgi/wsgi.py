@@ -27,6 +27,7 @@ from http import HTTPStatus
 from typing import IO, Any, Final
 from urllib.parse import unquote_to_bytes
 
+from ._bounded import remember
 from .errors import AppError, ClientDisconnected
 from .events import Request, Response
 
@@ -48,24 +49,27 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 # Request header names already converted to environ keys; "" marks a name that is
 # dropped. Names containing "_" are dropped so that "X-Forwarded_For" cannot pose as
 # "X-Forwarded-For" once both become HTTP_X_FORWARDED_FOR (the waitress rule).
-_ENVIRON_KEYS: dict[bytes, str] = {
+_SPECIAL_KEYS: Final[dict[bytes, str]] = {
     b"content-type": "CONTENT_TYPE",
     b"content-length": "",  # set from the parsed framing, see build_environ
 }
+#: Environ keys by field name (bounded: _bounded.remember), the special ones from the start.
+_ENVIRON_KEYS: Final[dict[bytes, str]] = dict(_SPECIAL_KEYS)
 _MAX_CACHED_KEYS: Final = 512
 
 
 def _environ_key(name: bytes) -> str:
     key = _ENVIRON_KEYS.get(name)
     if key is None:
-        key = "" if name.find(b"_") >= 0 else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        if len(_ENVIRON_KEYS) < _MAX_CACHED_KEYS:
-            _ENVIRON_KEYS[name] = key
+        key = _SPECIAL_KEYS.get(name)  # (when a full cache was emptied)
+        if key is None:
+            key = "" if name.find(b"_") >= 0 else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        remember(_ENVIRON_KEYS, name, key, _MAX_CACHED_KEYS)
     return key
 
 
 # Decoded request targets (PATH_INFO, QUERY_STRING, RAW_URI) by raw target: popular
-# URLs repeat, and decoding is pure. Bounded: cleared when full.
+# URLs repeat, and decoding is pure. Bounded (_bounded.remember).
 _targets: Final[dict[bytes, tuple[str, str, str]]] = {}
 _MAX_CACHED_TARGETS: Final = 1024
 _methods: Final[dict[bytes, str]] = {
@@ -79,9 +83,7 @@ def _decode_target(request: Request) -> tuple[str, str, str]:
         path = unquote_to_bytes(path)
     decoded = (path.decode("latin-1"), request.query.decode("latin-1"), request.target.decode("latin-1"))
     if len(request.target) <= 256:  # (long, one-off targets are not worth keeping)
-        if len(_targets) >= _MAX_CACHED_TARGETS:
-            _targets.clear()
-        _targets[request.target] = decoded
+        remember(_targets, request.target, decoded, _MAX_CACHED_TARGETS)
     return decoded
 
 
@@ -377,7 +379,9 @@ _HOP_BY_HOP: Final = frozenset(
 )
 _SPECIAL_OUT: Final = _HOP_BY_HOP | {"content-length", "date", "server"}
 
+#: Parsed status lines (bounded: _bounded.remember; _cfast.c reads it too).
 _status_cache: Final[dict[str, tuple[int, bytes]]] = {}
+_MAX_CACHED_STATUSES: Final = 256
 
 
 def _parse_status(status: object) -> tuple[int, bytes]:
@@ -393,13 +397,13 @@ def _parse_status(status: object) -> tuple[int, bytes]:
     if code < 200:
         raise AppError(f"informational status {status!r} cannot be sent by a WSGI app")
     parsed = (code, status.encode("latin-1"))
-    if len(_status_cache) < 256:
-        _status_cache[status] = parsed
+    remember(_status_cache, status, parsed, _MAX_CACHED_STATUSES)
     return parsed
 
 
 # Header lists already validated and serialised, keyed by their content (applications
-# send the same few header sets over and over). Bounded: cleared when full.
+# send the same few header sets over and over). Bounded (_bounded.remember); _cfast.c
+# reads it too.
 _headers_cache: Final[dict[tuple[Any, ...], tuple[bytes, int | None, bool, int]]] = {}
 _MAX_CACHED_HEADERS: Final = 512
 
@@ -440,9 +444,7 @@ def header_parts(headers: object) -> tuple[bytes, int | None, bool, int]:
     if cached is None:
         cached = _serialise_headers(headers)
         if key is not None:
-            if len(_headers_cache) >= _MAX_CACHED_HEADERS:
-                _headers_cache.clear()
-            _headers_cache[key] = cached
+            remember(_headers_cache, key, cached, _MAX_CACHED_HEADERS)
     return cached
 
 

@@ -58,6 +58,3 @@ OUR_TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (SEND_BODY, EV_DATA): SEND_BODY,
     (SEND_BODY, EV_END): DONE,
 }
-
-#: States from which ``start_next_cycle`` is legal (both sides must be DONE).
-CYCLE_END: Final = (DONE, DONE)

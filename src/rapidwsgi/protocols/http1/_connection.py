@@ -14,8 +14,9 @@ Contract:
   decide the framing (RFC 9112 §6): Content-Length when known, chunked for HTTP/1.1
   streams, close-delimited for HTTP/1.0, no body for HEAD, 1xx, 204 and 304.
 
-Tokenizing is llhttp's (``_tokenizer.py``); request semantics and limits are
-``_semantics.py``; the state machine is data in ``_state.py``. No sockets, clocks,
+Tokenizing and the size limits are ``_tokenizer.py`` (llhttp); request semantics are
+``_semantics.py``; the limits themselves are :class:`~rapidwsgi.protocols.base.Limits`;
+the state machine is data in ``_state.py``. No sockets, clocks,
 threads, logging or configuration objects live here; limits are plain integers.
 """
 

@@ -4,13 +4,17 @@ Contract: :func:`request_from_head` takes a syntactically valid request head (me
 target, version, fields with lower-cased names) and either returns the
 :class:`~rapidwsgi.events.Request` with its framing decided, or raises the
 :class:`~rapidwsgi.errors.RemoteProtocolError` the first violation implies
-(RFC 9110 / RFC 9112). :class:`Limits` holds the size limits every front-end applies.
+(RFC 9110 / RFC 9112). Of the size limits every front-end applies
+(:class:`~rapidwsgi.protocols.base.Limits`), this module checks the declared
+Content-Length against ``max_body`` (413); the tokenizer (``_tokenizer.py``) checks the
+request-target and field limits (414/431) and the body bytes as they arrive (413).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from ..._bounded import remember
 from ...errors import (
     BadRequest,
     ContentTooLarge,
@@ -29,8 +33,10 @@ _SPECIAL_FIELDS: Final = (
     frozenset((b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"))
     | FORWARDING_FIELDS
 )
-#: Host values already validated (a server sees few distinct ones; bounded).
-_valid_hosts: Final[set[bytes]] = set()
+#: Host values already validated (a server sees few distinct ones; bounded:
+#: _bounded.remember).
+_valid_hosts: Final[dict[bytes, bool]] = {}
+_MAX_VALID_HOSTS: Final = 64
 
 
 def _split_list(values: list[bytes]) -> list[bytes]:
@@ -85,8 +91,7 @@ def request_from_head(
     if host is not None and host not in _valid_hosts:
         if g.HOST_VALUE.fullmatch(host) is None:
             raise BadRequest("invalid Host header")
-        if len(_valid_hosts) < 64:
-            _valid_hosts.add(host)
+        remember(_valid_hosts, host, True, _MAX_VALID_HOSTS)
 
     # Target forms, RFC 9112 §3.2.
     authority: bytes | None = None
