@@ -76,9 +76,10 @@ class Run:
         return time.monotonic() - self.t0
 
     def event(self, text: str) -> float:
+        """Record ``text`` at the current time; returns that time (as ``now``)."""
         t = self.now()
         self.events.append((round(t, 3), text))
-        return time.monotonic()
+        return t
 
     def settle(self, seconds: float) -> None:
         """Load runs on unchanged for ``seconds`` (a bounded wait, not a guess: the
@@ -155,7 +156,7 @@ def restart(run: Run) -> None:
         told = run.event(f"{host.name}: SIGTERM")
         host.signal(signal.SIGTERM)
         wait_for(draining(host), 10, f"{host.name} health 503")
-        downs[host.name] = round(time.monotonic() - told, 3)
+        downs[host.name] = round(run.now() - told, 3)
         run.event(f"{host.name}: health path 503")
         wait_for(in_balancer(run.balancer, host, False), 30, f"{run.balancer.name} to take {host.name} out")
         run.event(f"{host.name}: out of the balancer")
@@ -182,7 +183,7 @@ def fault(run: Run, how: str) -> None:
         victim.link(False)
     run.extra["fault_at"] = t
     wait_for(lambda: not run.balancer.up(victim), 30, f"{run.balancer.name} to take {victim.name} out")
-    run.extra["out_after_s"] = round(time.monotonic() - t, 3)
+    run.extra["out_after_s"] = round(run.now() - t, 3)
     run.event(f"{victim.name}: out of the balancer")
     run.settle(6)
     if how == "linkdown":
@@ -215,7 +216,7 @@ def check_fault(run: Run, records: list[Record]) -> None:
 def slow(run: Run) -> None:
     run.settle(4)
     victim = run.bed.hosts[0]
-    run.extra["phase_at"] = time.monotonic()
+    run.extra["phase_at"] = run.now()
     run.extra["slowed_by"] = victim.delay(100)
     run.event(f"{victim.name}: link slowed ({run.extra['slowed_by']})")
     run.settle(8)
@@ -311,17 +312,9 @@ def one_run(bed: Bed, balancer_name: str, scenario: str, clients: int) -> dict[s
             steps(run)
         finally:
             records = load.stop()
-        for r in records:  # times relative to the load's start, for the report
+        for r in records:  # relative to the load's start, as the events and the report
             r.sent -= run.t0
             r.done -= run.t0
-        for key in ("switched", "fault_at", "phase_at"):
-            if key in run.extra:
-                value = run.extra[key]
-                run.extra[key] = (
-                    {k: (v[0] - run.t0, v[1] - run.t0) for k, v in value.items()}
-                    if isinstance(value, dict)
-                    else value - run.t0
-                )
         if check is not None:
             check(run, records)
         result = {
