@@ -274,9 +274,9 @@ def test_write_then_an_iterable_then_write_from_inside_the_iterable() -> None:
     ]
 
 
-def test_write_after_a_list_response_is_dropped_as_beyond_its_length(logged: Logged) -> None:
-    """A late write() (after the list response went out): the list's length became the
-    Content-Length, so the bytes are dropped as an overflow."""
+def test_write_after_the_response_is_complete_raises_and_sends_nothing(logged: Logged) -> None:
+    """A late write() (the list response already went out, framed by its length): refused
+    with AppError, nothing reaches the sink and nothing is logged by the server."""
     holder: list[Callable[[bytes], None]] = []
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
@@ -284,11 +284,26 @@ def test_write_after_a_list_response_is_dropped_as_beyond_its_length(logged: Log
         return [b"done"]
 
     _, sink, _ = run(app)
-    holder[0](b"late")
+    with pytest.raises(AppError, match=r"^write\(\) called after the response was complete$"):
+        holder[0](b"late")
     assert sink.calls == [head(b"200 OK", content_length=4, body=b"done", end=True)]
-    assert logged.records == [
-        ("WARNING", "GET /t: application sent more than its Content-Length; extra bytes dropped", "")
-    ]
+    assert logged.records == []
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_write_accepts_a_bytearray_and_a_memoryview(kind: Callable[[bytes], Any]) -> None:
+    """PEP 3333 asks for bytestrings; a bytes-like object is sent as its bytes (in the
+    compiled build too, where a ``bytes`` annotation would raise mypyc's TypeError)."""
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        write = start_response("200 OK", TEXT)
+        write(kind(b"ab"))
+        write(kind(b"cd"))
+        return []
+
+    _, sink, _ = run(app)
+    assert sink.calls == [head(b"200 OK", body=b"ab"), ("body", b"cd"), ("finish",)]
+    assert all(type(call[-1]) is bytes for call in sink.calls[1:2])
 
 
 def test_write_before_start_response_is_a_500(logged: Logged) -> None:

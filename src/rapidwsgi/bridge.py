@@ -112,10 +112,17 @@ class Exchange:
         self.response = build_response(status, headers, self.clock.date_server)
         return self.write
 
-    def write(self, data: bytes) -> None:
-        """The legacy ``write()`` callable: send now (blocks on a thread until sent)."""
+    # (data: object for the same reason: a bytearray or memoryview is accepted below,
+    # which a ``bytes`` annotation would make the compiled build refuse.)
+    def write(self, data: object) -> None:
+        """The legacy ``write()`` callable: send now (blocks on a thread until sent).
+
+        Raises AppError before start_response() and once the response is complete (the
+        application returned and its iterable ended: nothing more can be framed)."""
         if self.response is None:
             raise AppError("write() called before start_response()")
+        if self.finished:
+            raise AppError("write() called after the response was complete")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() expects bytes, not {type(data).__name__}")
         if self.sink.disconnected:

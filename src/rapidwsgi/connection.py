@@ -1253,7 +1253,10 @@ class HTTPConnection:
         self._exchange = None
         if exchange is not None and not exchange.finished and self._tsink is None:
             # An inline exchange paused on a slow client: stop it (its close() runs).
+            # This connection is its sink, so its _abandon() calls abort() again, which,
+            # with _exchange now None, does the rest below exactly once.
             self._run_inline(exchange, exchange.disconnect)
+            return
         self.wire.send_failed()
         self._log_access(aborted=True)
         if self._sf_active:
