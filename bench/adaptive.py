@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import HOST, free_port, log, spawn_logged, write_atomic
+from common import HOST, KeepAliveClient, free_port, log, percentile, spawn_logged, write_atomic
 from run import server_env, stop_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,48 +56,6 @@ CONCURRENCY = (2, 20, 2)
 DECISION = re.compile(r"\] (Adding worker \(.*\)|Retiring idle worker \d+ \(.*\)|Not adding a worker .*)$")
 
 
-class Client:
-    """One keep-alive connection at a time, renewed every ``per_connection`` requests."""
-
-    def __init__(self, port: int, per_connection: int) -> None:
-        self.port = port
-        self.per_connection = per_connection
-        self.sock: socket.socket | None = None
-        self.used = 0
-        self.buf = b""
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    def request(self) -> int:
-        """One GET; its status (raises OSError when the connection fails)."""
-        if self.sock is None or self.used >= self.per_connection:
-            self.close()
-            self.sock = socket.create_connection((HOST, self.port), timeout=10.0)
-            self.used, self.buf = 0, b""
-        self.used += 1
-        self.sock.sendall(f"GET {TARGET} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed before the response")
-            self.buf += chunk
-        head, _, rest = self.buf.partition(b"\r\n\r\n")
-        found = re.search(rb"Content-Length: (\d+)", head, re.I)
-        length = int(found.group(1)) if found else 0
-        while len(rest) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed in the body")
-            rest += chunk
-        self.buf = rest[length:]
-        if b"connection: close" in head.lower():
-            self.close()
-        return int(head.split(b" ", 2)[1])
-
-
 class Phase:
     """What the clients of one phase saw."""
 
@@ -114,17 +72,15 @@ def run_phase(port: int, phase: Phase, seconds: float, per_connection: int) -> N
     deadline = time.monotonic() + seconds
 
     def client() -> None:
-        conn = Client(port, per_connection)
+        conn = KeepAliveClient(port, per_connection)
         while time.monotonic() < deadline:
-            started = time.perf_counter()
             try:
-                status = conn.request()
+                status, took = conn.request(TARGET)
             except OSError as exc:
                 conn.close()
                 with phase.lock:
                     phase.failed.append(repr(exc))
                 continue
-            took = time.perf_counter() - started
             with phase.lock:
                 if status == 200:
                     phase.ok += 1
@@ -138,13 +94,6 @@ def run_phase(port: int, phase: Phase, seconds: float, per_connection: int) -> N
         t.start()
     for t in threads:
         t.join(seconds + 30)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def worker_count(master: int) -> int:
@@ -235,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "failed": len(p.failed),
                 "failures": p.failed[:10],
                 "latency_ms": {
-                    "p50": round(pct(p.latencies, 0.50) * 1e3, 1),
-                    "p99": round(pct(p.latencies, 0.99) * 1e3, 1),
+                    "p50": round(percentile(p.latencies, 0.50) * 1e3, 1),
+                    "p99": round(percentile(p.latencies, 0.99) * 1e3, 1),
                 },
                 "workers_max_seen": max(
                     (n for t, n in counts if boundaries[i] <= t < boundaries[i + 1]), default=0

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,3 +384,81 @@ Percentage of the requests served within a certain time (ms)
   99%      4
  100%      7 (longest request)
 """
+
+
+# --------------------------------------------------------------------------
+# Probe clients and measurements shared by overload.py and adaptive.py
+# --------------------------------------------------------------------------
+
+
+class KeepAliveClient:
+    """One keep-alive HTTP/1.1 connection, one GET at a time (a closed-loop client).
+
+    The connection is opened on first use, renewed after ``per_connection`` requests
+    (0: never) and reopened after a ``Connection: close`` answer. Responses must carry a
+    Content-Length (every benchmark app sends one).
+    """
+
+    def __init__(self, port: int, per_connection: int = 0, timeout: float = 10.0) -> None:
+        self.port = port
+        self.per_connection = per_connection
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.used = 0
+        self.buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def request(self, target: str) -> tuple[int, float]:
+        """GET ``target``: (status, seconds from sending to the last body byte).
+
+        Raises OSError (ConnectionError when the server closed mid-response)."""
+        started = time.perf_counter()
+        if self.sock is None or (self.per_connection and self.used >= self.per_connection):
+            self.close()
+            self.sock = socket.create_connection((HOST, self.port), timeout=self.timeout)
+            self.used, self.buf = 0, b""
+        sock = self.sock
+        self.used += 1
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        while b"\r\n\r\n" not in self.buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed before the response")
+            self.buf += chunk
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        found = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
+        length = int(found.group(1)) if found else 0
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in the body")
+            rest += chunk
+        self.buf = rest[length:]
+        if re.search(rb"\r\nconnection: *close", head, re.I):
+            self.close()
+        return int(head.split(b" ", 2)[1]), time.perf_counter() - started
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by rank, nearest below; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_kib(pids: Sequence[int]) -> int:
+    """The summed VmRSS of ``pids`` in KiB (a process already gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        total += int(found.group(1)) if found else 0
+    return total

@@ -40,7 +40,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import HOST, free_port, log, parse_wrk, spawn_logged, write_atomic
+from common import (
+    HOST,
+    KeepAliveClient,
+    free_port,
+    log,
+    parse_wrk,
+    percentile,
+    rss_kib,
+    spawn_logged,
+    write_atomic,
+)
 from run import server_env, stop_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,39 +77,6 @@ end
 # response() runs in each wrk thread's own Lua state: done() collects them (thread:get).
 
 
-class KeepAlive:
-    """One keep-alive connection: a request at a time, timed (the wrk clients' view)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock: socket.socket | None = None
-        self.buf = b""
-
-    def request(self, target: str) -> tuple[int, float]:
-        started = time.perf_counter()
-        if self.sock is None:
-            self.sock = socket.create_connection((HOST, self.port), timeout=10.0)
-            self.buf = b""
-        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        head, _, rest = self.buf.partition(b"\r\n\r\n")
-        length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
-        while len(rest) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            rest += chunk
-        self.buf = rest[length:]
-        if b"connection: close" in head.lower():
-            self.sock.close()
-            self.sock = None
-        return int(head.split(b" ", 2)[1]), time.perf_counter() - started
-
-
 def one_request(port: int, target: str, timeout: float = 10.0) -> tuple[int, float]:
     """One GET on a new connection: (status, seconds until the whole answer came)."""
     started = time.perf_counter()
@@ -110,21 +87,6 @@ def one_request(port: int, target: str, timeout: float = 10.0) -> tuple[int, flo
             data += chunk
     elapsed = time.perf_counter() - started
     return int(data.split(b" ", 2)[1]), elapsed
-
-
-def rss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-        total += int(m.group(1)) if m else 0
-    return total
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,13 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rss.append((round(time.monotonic() - start, 1), rss_kib(pids)))
 
             def probe_app() -> None:
-                conn = KeepAlive(port)
+                conn = KeepAliveClient(port)
                 while not stop.wait(0.02):
                     try:
                         status, took = conn.request("/sleep?s=0.5")
                     except OSError as exc:
                         probe_errors.append(repr(exc))
-                        conn = KeepAlive(port)
+                        conn = KeepAliveClient(port)
                         continue
                     probe.setdefault(status, []).append(took)
 
@@ -237,21 +199,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wrk_requests": wrk_result["requests"],
         "probe_statuses": {str(k): len(v) for k, v in sorted(probe.items())},
         "probe_503_ms": {
-            "p50": round(pct(shed, 0.50) * 1e3, 2),
-            "p99": round(pct(shed, 0.99) * 1e3, 2),
+            "p50": round(percentile(shed, 0.50) * 1e3, 2),
+            "p99": round(percentile(shed, 0.99) * 1e3, 2),
             "max": round(max(shed, default=0.0) * 1e3, 2),
         },
         "probe_200_ms_median": round(statistics.median(probe.get(200, [0.0])) * 1e3, 1),
         "wrk_p99_ms": round(int(wrk_p99.group(1)) / 1e3, 2) if wrk_p99 else None,
         "fresh_statuses": {str(k): len(v) for k, v in sorted(fresh.items())},
         "fresh_503_ms": {
-            "p50": round(pct(shed_fresh, 0.50) * 1e3, 2),
-            "p99": round(pct(shed_fresh, 0.99) * 1e3, 2),
+            "p50": round(percentile(shed_fresh, 0.50) * 1e3, 2),
+            "p99": round(percentile(shed_fresh, 0.99) * 1e3, 2),
         },
         "health_statuses": dict(Counter(str(s) for s, _ in health)),
         "health_ms": {
-            "p50": round(pct([t for _, t in health], 0.50) * 1e3, 2),
-            "p99": round(pct([t for _, t in health], 0.99) * 1e3, 2),
+            "p50": round(percentile([t for _, t in health], 0.50) * 1e3, 2),
+            "p99": round(percentile([t for _, t in health], 0.99) * 1e3, 2),
         },
         "probe_errors": probe_errors[:10],
         "rss_kib": rss,
