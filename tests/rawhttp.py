@@ -346,6 +346,14 @@ def connect(server: ServerProcess, timeout: float = 5.0) -> RawConnectionExtras:
     return RawConnectionExtras(server.address, timeout)
 
 
+def fetch(server: ServerProcess, target: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers, body)."""
+    with RawConnection(server.address) as conn:
+        conn.send(f"{method} {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        response = conn.read_response(head=method == "HEAD")
+    return response.status, dict(response.headers), response.body
+
+
 def json_of(response: RawResponse) -> dict[str, Any]:
     """The JSON body of a 200 response (the test apps' environ and stats pages)."""
     assert response.status == 200, (response.status, response.body[:300])

@@ -27,7 +27,6 @@ failure instead of a skip.
 from __future__ import annotations
 
 import copy
-import http.client
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from rapidwsgi.config import Config
 from rapidwsgi.sockets import parse_address
 from rapidwsgi.supervisor import KILL_GRACE
 from tests.conftest import ServerProcess
+from tests.rawhttp import fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -463,18 +463,6 @@ def test_the_containers_command_line_passes_check_config(tmp_path: Path) -> None
     assert "app = 'rapidwsgi.demo:app'  # cli" in lines
 
 
-def _fetch(server: ServerProcess, path: str) -> int:
-    host, port = server.address if isinstance(server.address, tuple) else ("", 0)
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
 def test_the_container_serves_with_this_config_and_its_stop_begins_with_the_health_503(
     start_server: type[ServerProcess], tmp_path: Path
 ) -> None:
@@ -486,13 +474,13 @@ def test_the_container_serves_with_this_config_and_its_stop_begins_with_the_heal
     while len(server.worker_pids) != 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(server.worker_pids) == 2  # RAPIDWSGI_WORKERS, from the CPU limit
-    assert (_fetch(server, "/healthz"), _fetch(server, "/")) == (200, 200)
+    assert (fetch(server, "/healthz")[0], fetch(server, "/")[0]) == (200, 200)
     server.signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
-    while _fetch(server, "/healthz") != 503 and time.monotonic() < deadline:
+    while fetch(server, "/healthz")[0] != 503 and time.monotonic() < deadline:
         time.sleep(0.05)
     # The readiness probe now fails, while the application is served on (--shutdown-delay).
-    assert (_fetch(server, "/healthz"), _fetch(server, "/")) == (503, 200)
+    assert (fetch(server, "/healthz")[0], fetch(server, "/")[0]) == (503, 200)
     server.wait_for_log(r"stopping in 10s \(--shutdown-delay\)")
     server.signal(signal.SIGQUIT)  # not the 10 s: that part is tests/test_ops.py's
     server.wait(15)

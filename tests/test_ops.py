@@ -20,19 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.rawhttp import RawConnection, RawConnectionExtras, get, head, wait_until
+from tests.rawhttp import RawConnection, RawConnectionExtras, fetch, get, head, wait_until
 from tests.test_metrics_server import metrics_port, scrape, stats_json, value
 from tests.test_supervisor import KeepAliveLoad
 
 Start = type[ServerProcess]
 APP = "opsapp:app"
-
-
-def fetch(server: ServerProcess, target: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    with RawConnection(server.address) as conn:
-        conn.send(f"{method} {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        response = conn.read_response(head=method == "HEAD")
-    return response.status, dict(response.headers), response.body
 
 
 def hold(server: ServerProcess, marker: Path, extra: str = "") -> RawConnectionExtras:
