@@ -53,7 +53,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
 		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py bench/adaptive.py tests/test_bench.py \
 		tests/test_bench_instructions.py tests/test_kubernetes.py tests/test_cluster.py \
-		tests/test_exchange_unit.py tests/test_connection_unit.py
+		tests/test_exchange_unit.py tests/test_connection_unit.py tests/test_master_unit.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
 		run_bjoern.py run_fastwsgi.py run_gevent.py run_meinheld.py uvloop_floor.py static_whitenoise.py sleepy.py
 	cd bench/cluster && ../../$(BIN)/mypy --strict cluster.py bed.py load.py

@@ -43,6 +43,8 @@ RANKS = {
     "rapidwsgi.worker": 6,
     "rapidwsgi.reloader": 6,
     "rapidwsgi.exporter": 6.5,  # the master's metrics endpoint and statsd
+    "rapidwsgi.processes": 6.6,  # fork/kill/waitpid for the master (its test seam)
+    "rapidwsgi.zygote": 6.8,  # the --preload zygote and the master's record of it
     "rapidwsgi.supervisor": 7,
     "rapidwsgi.stats": 7.5,  # the `rapidwsgi stats` subcommand
     "rapidwsgi.cli": 8,

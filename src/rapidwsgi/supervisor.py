@@ -24,7 +24,8 @@ Rules:
    to the master (it is their child subreaper), which reaps them like the others. Every
    worker a zygote reports is adopted, even after the zygote exited (its replies are
    read to the end first); one of a superseded generation is stopped at once, and a
-   zygote of a superseded generation is never restarted.
+   zygote of a superseded generation is never restarted (zygote.py holds the zygote
+   and the master's record of it, the Zygotes).
 7. ``--max-requests``, ``--max-worker-memory``, ``--request-timeout``: a worker that
    asks to be retired (``Q``, ``M``, ``S``) keeps serving until a replacement serves,
    then it is stopped gracefully.
@@ -57,7 +58,6 @@ import random
 import select
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -70,10 +70,17 @@ from .exporter import Exporter
 from .loader import load_app
 from .log import error_log, errors_stream, reopen_error_log
 from .metrics import Slots
+from .processes import Processes
+from .processes import close_quietly as _close_quietly
+from .processes import describe_exit as _describe_exit
+from .processes import drain as _drain
+from .processes import flush_and_exit as _flush_and_exit
+from .processes import fork as _fork  # noqa: F401 (tests/test_supervisor.py imports it from here)
 from .reloader import Reloader
 from .sockets import describe
 from .worker import Supervision, Worker
 from .wsgi import WSGIApp
+from .zygote import Zygotes
 
 #: Seconds between SIGABRT (traceback) and SIGKILL for a worker the watchdog stops.
 KILL_GRACE: Final = 2.0
@@ -157,25 +164,6 @@ class WorkerProcess:
         return "retiring" if self.retiring else "serving"
 
 
-class Zygote:
-    """A preloaded copy of the application that forks workers on request."""
-
-    def __init__(self, pid: int, generation: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.generation = generation
-        self.sock = sock
-        self.ready = False
-        #: Told to exit (superseded, reload aborted, the master stopping): never restarted.
-        self.stopping = False
-        #: Spawn requests it has not answered yet: request number -> the read end of
-        #: the new worker's pipe (the worker holds the write end).
-        self.spawns: dict[int, int] = {}
-        #: The metrics slot reserved for each of those spawns.
-        self.spawn_slots: dict[int, int] = {}
-        #: ... and the hooks' view of it (hooks.WorkerInfo).
-        self.spawn_infos: dict[int, hooks.WorkerInfo] = {}
-
-
 class Master:
     """Supervises the workers (see the module docstring)."""
 
@@ -185,12 +173,24 @@ class Master:
         sockets: list[socket.socket],
         unlink_at_exit: Sequence[str] = (),
         metrics_socket: socket.socket | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        poll_interval: float = POLL_INTERVAL,
+        processes: Processes | None = None,
     ) -> None:
         """``unlink_at_exit``: the unix socket files this process created (bound), which
         it removes when it exits; sockets it adopted (systemd, ``fd://``) belong to
         whoever created them and are left in place. ``metrics_socket``: the bound
-        ``--metrics-bind`` listener."""
+        ``--metrics-bind`` listener.
+
+        For tests without processes (tests/test_master_unit.py): ``clock``, every time
+        the master reads (seconds, monotonic); ``poll_interval``, the longest wait of
+        one turn of its loop for a pipe, a channel or a signal; ``processes``, how it
+        forks, signals and reaps (processes.Processes, the real functions by default)."""
         self.config = config
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.processes = processes if processes is not None else Processes()
         #: gunicorn's names, for the hooks (``server.cfg``, ``server.log``).
         self.cfg = config
         self.log = error_log
@@ -217,7 +217,8 @@ class Master:
         self._at_min_noted = False
         self.pid = os.getpid()
         self.workers: dict[int, WorkerProcess] = {}
-        self.zygotes: dict[int, Zygote] = {}
+        #: The --preload zygotes (zygote.py) and the workers they were asked for.
+        self.zygotes = Zygotes(self, worker_process)
         self.generation = 1  # the generation that serves
         self.pending: int | None = None  # a generation being started by a reload
         self.failed_generations: set[int] = set()
@@ -233,19 +234,12 @@ class Master:
         self.backoff = 0.0
         self.next_spawn = 0.0
         self._signals: deque[int] = deque()
-        #: Zygotes reaped while their socket may still hold "pid" replies (sent by the
-        #: zygote, or by an intermediate process that outlived it): read to the end, so
-        #: that every worker they forked is adopted.
-        self._draining: list[Zygote] = []
-        #: Unknown children reaped while spawns were in flight: a worker that exited
-        #: before its zygote's report was read (PID -> exit code).
-        self._early_exits: dict[int, int] = {}
         self._spawn_counter = 0
         self._unix_paths = list(unlink_at_exit)
         self._wake_r, self._wake_w = os.pipe()
         self.reloader = Reloader(config) if config.reload else None
         self._next_reload_check = 0.0
-        self.started = time.monotonic()
+        self.started = clock()
         #: Workers replaced, by cause, and reloads by outcome (the metrics).
         self.restarts: dict[str, int] = {}
         self.reloads: dict[str, int] = {}
@@ -300,27 +294,36 @@ class Master:
             )
         hooks.run(self.config.when_ready, "when_ready", self)
         if self.config.preload:
-            self._start_zygote(self.generation)
+            self.zygotes.start(self.generation)
         try:
-            while not (self.stopping and not self.workers and not self.zygotes and not self._draining):
-                self._wait()
-                self._dispatch_signals()
-                self._reap()
-                self._check_reloader()
-                self._watchdog()
-                if self.exporter is not None:
-                    self.exporter.tick(time.monotonic())
-                if self.stop_at is not None and not self.stopping and time.monotonic() >= self.stop_at:
-                    self.stop(graceful=True, reason="SIGTERM, after --shutdown-delay")
-                if not self.stopping:
-                    self._manage()
-                elif time.monotonic() > self.stop_deadline:
-                    self._kill_all()
+            while not self.done:
+                self._turn()
         finally:
             self._cleanup()
             hooks.run(self.config.on_exit, "on_exit", self)
         error_log.info("Master %d exiting (%d)", self.pid, int(self.exit_code))
         return int(self.exit_code)
+
+    @property
+    def done(self) -> bool:
+        """Stopping, and no child is left (no worker, no zygote, no zygote's channel)."""
+        return bool(self.stopping) and not self.workers and self.zygotes.idle
+
+    def _turn(self) -> None:
+        """One turn of the loop: wait up to ``poll_interval`` for news, then act on it."""
+        self._wait()
+        self._dispatch_signals()
+        self._reap()
+        self._check_reloader()
+        self._watchdog()
+        if self.exporter is not None:
+            self.exporter.tick(self.clock())
+        if self.stop_at is not None and not self.stopping and self.clock() >= self.stop_at:
+            self.stop(graceful=True, reason="SIGTERM, after --shutdown-delay")
+        if not self.stopping:
+            self._manage()
+        elif self.clock() > self.stop_deadline:
+            self._kill_all()
 
     def _record_signal(self, signum: int, frame: object) -> None:
         # Only record: the loop acts (rule 2).
@@ -328,7 +331,7 @@ class Master:
 
     def _wait(self) -> None:
         fds = [self._wake_r] + [w.fd for w in self.workers.values()]
-        zygotes = [*self.zygotes.values(), *self._draining]
+        zygotes = self.zygotes.all()
         fds += [z.sock.fileno() for z in zygotes]
         poller = select.poll()
         for fd in fds:
@@ -338,10 +341,10 @@ class Master:
             for fd, mask in exporter.poll_fds():
                 poller.register(fd, mask)
         try:
-            events = poller.poll(POLL_INTERVAL * 1000)
+            events = poller.poll(self.poll_interval * 1000)
         except InterruptedError:
             return
-        now = time.monotonic()
+        now = self.clock()
         by_fd = {w.fd: w for w in self.workers.values()}
         by_sock = {z.sock.fileno(): z for z in zygotes}
         for fd, _ in events:
@@ -350,7 +353,7 @@ class Master:
             elif fd in by_fd:
                 self._read_worker(by_fd[fd], now)
             elif fd in by_sock:
-                self._read_zygote(by_sock[fd])
+                self.zygotes.read(by_sock[fd])
             elif exporter is not None:
                 exporter.handle(fd)
 
@@ -387,13 +390,13 @@ class Master:
     def announce_stop(self, delay: float) -> None:
         """--shutdown-delay: the workers' health path says 503 now (SIGUSR2); they serve
         on as before, and the graceful stop begins in ``delay`` seconds."""
-        self.stop_at = time.monotonic() + delay
+        self.stop_at = self.clock() + delay
         error_log.info("SIGTERM: health checks answer 503; stopping in %gs (--shutdown-delay)", delay)
         if self.pending is not None:
             self._abort_generation(self.pending, "shutting down")
         for worker in self.workers.values():
             if not worker.stopping:
-                _kill(worker.pid, signal.SIGUSR2)
+                self.processes.kill(worker.pid, signal.SIGUSR2)
 
     def handle_int(self) -> None:
         # Ctrl-C twice: the second one stops at once (docs/process.md).
@@ -438,10 +441,9 @@ class Master:
     def handle_usr1(self) -> None:
         reopen_error_log()
         for worker in self.workers.values():
-            _kill(worker.pid, signal.SIGUSR1)
+            self.processes.kill(worker.pid, signal.SIGUSR1)
         # The zygotes too: the workers they fork later inherit their error log.
-        for zygote in self.zygotes.values():
-            _kill(zygote.pid, signal.SIGUSR1)
+        self.zygotes.signal(signal.SIGUSR1)
 
     # ------------------------------------------------------------------ actions
 
@@ -455,7 +457,7 @@ class Master:
         hooks.run(self.config.on_reload, "on_reload", self)
         error_log.info("Starting worker generation %d", self.pending)
         if self.config.preload:
-            self._start_zygote(self.pending)
+            self.zygotes.start(self.pending)
 
     def stop(self, graceful: bool, reason: str) -> None:
         if self.stopping == "quick":
@@ -475,42 +477,37 @@ class Master:
             self.stop_reason = reason
         self.stopping = "graceful" if graceful else "quick"
         grace = self.config.graceful_timeout if graceful else KILL_GRACE
-        self.stop_deadline = time.monotonic() + grace + 1.0
+        self.stop_deadline = self.clock() + grace + 1.0
         error_log.info("Shutting down (%s)%s", reason, f", up to {grace:g}s for requests" if graceful else "")
         signum = signal.SIGTERM if graceful else signal.SIGQUIT
-        now = time.monotonic()
+        now = self.clock()
         for worker in self.workers.values():
             if not worker.stopping or not graceful:
                 worker.stop_sent = now
-                _kill(worker.pid, signum)
-        for zygote in list(self.zygotes.values()):
-            if not zygote.stopping:
-                self._stop_zygote(zygote)
+                self.processes.kill(worker.pid, signum)
+        self.zygotes.stop_all()
         for sock in self.sockets:
             sock.close()  # the workers hold their own copies until they stop
 
     def _kill_all(self) -> None:
         for worker in self.workers.values():
             error_log.warning("Worker %d did not stop in time: SIGKILL", worker.pid)
-            _kill(worker.pid, signal.SIGKILL)
-        for zygote in self.zygotes.values():
-            _kill(zygote.pid, signal.SIGKILL)
-        for zygote in list(self._draining):
-            self._forget_zygote(zygote)  # no more waiting for late replies
-        self.stop_deadline = time.monotonic() + 5.0
+            self.processes.kill(worker.pid, signal.SIGKILL)
+        self.zygotes.kill_all()  # and no more waiting for late replies
+        self.stop_deadline = self.clock() + 5.0
 
     def _manage(self) -> None:
         """Spawn, retire and stop workers until the target state holds."""
-        now = time.monotonic()
+        now = self.clock()
         if self.pending is not None:
             self._advance_reload(now)
         elif self.workers_max and self.stop_at is None and now >= self._next_scale:
             self._next_scale = now + SCALE_TICK
             self._scale(now)
-        if self.config.preload and now >= self.next_spawn and not self._zygote_of(self.generation):
+        if self.config.preload and now >= self.next_spawn and not self.zygotes.of(self.generation):
             # Its zygote failed to import the application again (the code on disk
             # changed under it): retry, backed off like a crash loop.
-            self._start_zygote(self.generation)
+            self.zygotes.start(self.generation)
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
         active = [w for w in current if not w.retiring]
         wanted = self.num_workers - len(active) - self._spawns_in_flight(self.generation)
@@ -615,9 +612,7 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.generation < generation and not worker.stopping:
                 self._stop_worker(worker, "reloaded", "reload")
-        for zygote in list(self.zygotes.values()):
-            if zygote.generation < generation:
-                self._stop_zygote(zygote)
+        self.zygotes.stop_generations(keep=lambda older: older >= generation)
 
     def _abort_generation(self, generation: int, reason: str) -> None:
         error_log.error(
@@ -630,25 +625,18 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.generation == generation and not worker.stopping:
                 self._stop_worker(worker, "reload aborted", "reload_aborted")
-        for zygote in list(self.zygotes.values()):
-            if zygote.generation == generation:
-                self._stop_zygote(zygote)
+        self.zygotes.stop_generations(keep=lambda other: other != generation)
 
     def _spawns_in_flight(self, generation: int) -> int:
         """Workers a zygote was asked for but has not reported yet."""
-        zygotes = [*self.zygotes.values(), *self._draining]
-        return sum(len(z.spawns) for z in zygotes if z.generation == generation)
-
-    def _zygote_of(self, generation: int) -> Zygote | None:
-        """The zygote that forks the workers of ``generation`` (not one told to exit)."""
-        return next((z for z in self.zygotes.values() if z.generation == generation and not z.stopping), None)
+        return self.zygotes.in_flight(generation)
 
     def _stop_worker(self, worker: WorkerProcess, why: str, cause: str) -> None:
         """Stop ``worker`` gracefully; ``cause`` is the restart cause it counts as."""
         error_log.info("Stopping worker %d (%s)", worker.pid, why)
         worker.stop_cause = cause
-        worker.stop_sent = time.monotonic()
-        _kill(worker.pid, signal.SIGTERM)
+        worker.stop_sent = self.clock()
+        self.processes.kill(worker.pid, signal.SIGTERM)
 
     # ------------------------------------------------------------------ spawning
 
@@ -660,7 +648,7 @@ class Master:
         if max_requests and self.config.max_requests_jitter:
             max_requests += random.randint(0, self.config.max_requests_jitter)
         if self.config.preload:
-            zygote = self._zygote_of(generation)
+            zygote = self.zygotes.of(generation)
             if zygote is None or not zygote.ready:
                 return False  # the zygote is still importing the application
             # Numbered, so that its reply names the pipe that goes with the worker.
@@ -669,28 +657,13 @@ class Master:
             info = hooks.WorkerInfo(request, generation, self.config)
             hooks.run(self.config.pre_fork, "pre_fork", self, info)
             slot = self._acquire_slot()
-            read_fd, write_fd = _pipe()
-            try:
-                message = b"spawn %d %d %d" % (request, max_requests, slot)
-                socket.send_fds(zygote.sock, [message], [write_fd])
-            except OSError as exc:
-                error_log.error("Zygote %d unreachable: %s", zygote.pid, exc)
-                os.close(read_fd)
-                if self.slots is not None:
-                    self.slots.drop(slot)
-                return False
-            finally:
-                os.close(write_fd)
-            zygote.spawns[request] = read_fd
-            zygote.spawn_slots[request] = slot
-            zygote.spawn_infos[request] = info
-            return True
+            return self.zygotes.request(zygote, request, max_requests, slot, info)
         self._spawn_counter += 1
         info = hooks.WorkerInfo(self._spawn_counter, generation, self.config)
         hooks.run(self.config.pre_fork, "pre_fork", self, info)
         slot = self._acquire_slot()
-        read_fd, write_fd = _pipe()
-        pid = _fork()
+        read_fd, write_fd = self.processes.pipe()
+        pid = self.processes.fork()
         if pid == 0:  # the worker
             try:
                 os.close(read_fd)
@@ -725,17 +698,17 @@ class Master:
     def _adopt(
         self, pid: int, generation: int, read_fd: int, slot: int = -1, info: hooks.WorkerInfo | None = None
     ) -> None:
-        worker = WorkerProcess(pid, generation, read_fd, time.monotonic(), slot, info)
+        worker = WorkerProcess(pid, generation, read_fd, self.clock(), slot, info)
         self.workers[pid] = worker
         error_log.info("Booting worker %d (generation %d)", pid, generation)
-        code = self._early_exits.pop(pid, None)
+        code = self.zygotes.early_exit(pid)
         if code is not None:
             # Reaped before its zygote's report was read: it is gone already.
             self._worker_exited(self.workers.pop(pid), code)
         elif self.stopping:
             # Forked just before the stop (a zygote's late reply): stop it like the rest.
             worker.stop_sent = worker.spawned
-            _kill(pid, signal.SIGTERM if self.stopping == "graceful" else signal.SIGQUIT)
+            self.processes.kill(pid, signal.SIGTERM if self.stopping == "graceful" else signal.SIGQUIT)
         elif generation not in (self.generation, self.pending):
             # Its zygote's generation was superseded or aborted while the fork was
             # under way: never let it serve outdated code unsupervised.
@@ -747,15 +720,12 @@ class Master:
 
     def _forget_in_child(self) -> None:
         """In a freshly forked child: drop what belongs to the master (its signal
-        handling is already reset by _fork)."""
+        handling is already reset by processes.fork)."""
         for fd in (self._wake_r, self._wake_w):
             _close_quietly(fd)
         for worker in self.workers.values():
             _close_quietly(worker.fd)
-        for zygote in [*self.zygotes.values(), *self._draining]:
-            zygote.sock.close()
-            for fd in zygote.spawns.values():
-                _close_quietly(fd)
+        self.zygotes.close_in_child()
         if self.exporter is not None:
             self.exporter.forget()
 
@@ -769,82 +739,6 @@ class Master:
         except (OSError, AttributeError) as exc:
             error_log.error("--preload needs Linux's child subreaper (%s)", exc)
             raise SystemExit(ExitCode.USAGE) from None
-
-    def _start_zygote(self, generation: int) -> None:
-        master_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = _fork()
-        if pid == 0:
-            try:
-                master_end.close()
-                self._forget_in_child()
-                zygote_process(
-                    self.config,
-                    self.sockets,
-                    zygote_end,
-                    self.pid,
-                    self._beat_interval(),
-                    self._region(),
-                    self,
-                    generation,
-                )
-            finally:
-                os._exit(1)
-        zygote_end.close()
-        self.zygotes[pid] = Zygote(pid, generation, master_end)
-        error_log.info("Preloading the application in zygote %d (generation %d)", pid, generation)
-
-    def _read_zygote(self, zygote: Zygote) -> bool:
-        """Handle one message from ``zygote``; False when there was none to read."""
-        try:
-            message = zygote.sock.recv(256, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            message = b""
-        if not message:
-            # End of file: the zygote and every process it forked closed their ends.
-            # A live zygote is exiting (_reap reports it); a reaped one has said all.
-            if zygote in self._draining:
-                self._forget_zygote(zygote)
-            return False
-        if message == b"ok":
-            zygote.ready = True
-            error_log.info("Zygote %d imported the application", zygote.pid)
-        elif message.startswith(b"pid "):
-            _, request, pid = message.split()
-            read_fd = zygote.spawns.pop(int(request), None)
-            slot = zygote.spawn_slots.pop(int(request), -1)
-            info = zygote.spawn_infos.pop(int(request), None)
-            if read_fd is not None:
-                self._adopt(int(pid), zygote.generation, read_fd, slot, info)
-            if not self._spawns_in_flight_anywhere():
-                self._early_exits.clear()
-        return True
-
-    def _spawns_in_flight_anywhere(self) -> bool:
-        return any(z.spawns for z in [*self.zygotes.values(), *self._draining])
-
-    def _forget_zygote(self, zygote: Zygote) -> None:
-        """Drop a reaped zygote whose replies were all read (or are no longer awaited)."""
-        self._draining.remove(zygote)
-        zygote.sock.close()
-        for fd in zygote.spawns.values():
-            os.close(fd)  # requests it never answered: those workers do not exist
-        zygote.spawns.clear()
-        if self.slots is not None:
-            for slot in zygote.spawn_slots.values():
-                self.slots.drop(slot)
-        zygote.spawn_slots.clear()
-        zygote.spawn_infos.clear()
-        if not self._spawns_in_flight_anywhere():
-            self._early_exits.clear()
-
-    def _stop_zygote(self, zygote: Zygote) -> None:
-        zygote.stopping = True
-        try:
-            zygote.sock.send(b"exit")
-        except OSError:
-            _kill(zygote.pid, signal.SIGTERM)
 
     # ------------------------------------------------------------------ workers' news
 
@@ -864,7 +758,7 @@ class Master:
             self.boot_failures = 0
             error_log.info("Worker %d serving", worker.pid)
             if self.stop_at is not None:
-                _kill(worker.pid, signal.SIGUSR2)  # a replacement started during the delay
+                self.processes.kill(worker.pid, signal.SIGUSR2)  # a replacement started during the delay
         if self.workers_max:
             self._note_load(worker, data, now)
         if not worker.retiring:
@@ -888,37 +782,17 @@ class Master:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = self.processes.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
-            if pid in self.zygotes:
-                self._zygote_exited(self.zygotes.pop(pid), code)
-            elif pid in self.workers:
+            if pid in self.workers:
                 self._worker_exited(self.workers.pop(pid), code)
-            elif self._spawns_in_flight_anywhere():
-                # Perhaps a worker whose zygote's report is still unread; else an
-                # intermediate process that outlived its zygote.
-                self._early_exits[pid] = code
-
-    def _zygote_exited(self, zygote: Zygote, code: int) -> None:
-        # Its socket is read to the end before it is closed: the "pid" replies it (or an
-        # intermediate process) sent before exiting may still be queued there, and a
-        # worker whose reply was dropped would serve on, unknown to the master.
-        self._draining.append(zygote)
-        while self._read_zygote(zygote):
-            pass
-        if self.stopping or zygote.stopping or zygote.generation not in (self.generation, self.pending):
-            # Told to exit (superseded, reload aborted, shutting down): never restarted.
-            error_log.info("Zygote %d exited (%s)", zygote.pid, _describe_exit(code))
-            return
-        if code == ExitCode.APP_LOAD or not zygote.ready:
-            self._load_failed(zygote.generation, f"zygote {zygote.pid}", code)
-        else:
-            error_log.error("Zygote %d exited (%s); starting a new one", zygote.pid, _describe_exit(code))
-            self._start_zygote(zygote.generation)
+            else:
+                # A zygote, or a worker whose zygote's report is still unread (zygote.py).
+                self.zygotes.reaped(pid, code)
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         os.close(worker.fd)
@@ -977,7 +851,7 @@ class Master:
             self._note_crash()
 
     def _note_crash(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.crashes.append(now)
         while self.crashes and now - self.crashes[0] > CRASH_WINDOW:
             self.crashes.popleft()
@@ -996,21 +870,21 @@ class Master:
     # ------------------------------------------------------------------ watchdog
 
     def _watchdog(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         timeout = self.config.timeout
         for worker in list(self.workers.values()):
             if worker.stopping:
                 limit = self.config.graceful_timeout + 5.0
                 if self.stopping is None and now - (worker.stop_sent or now) > limit:
                     error_log.warning("Worker %d did not stop in time: SIGKILL", worker.pid)
-                    _kill(worker.pid, signal.SIGKILL)
+                    self.processes.kill(worker.pid, signal.SIGKILL)
                     worker.stop_sent = now  # once per limit
                 continue
             if not timeout:
                 continue
             if worker.abort_sent is not None:
                 if now - worker.abort_sent > KILL_GRACE:
-                    _kill(worker.pid, signal.SIGKILL)
+                    self.processes.kill(worker.pid, signal.SIGKILL)
                 continue
             since = now - (worker.last_beat if worker.ready else worker.spawned)
             if since > timeout:
@@ -1021,12 +895,12 @@ class Master:
                     timeout,
                 )
                 worker.abort_sent = now
-                _kill(worker.pid, signal.SIGABRT)
+                self.processes.kill(worker.pid, signal.SIGABRT)
 
     def _check_reloader(self) -> None:
         if self.reloader is None or self.stopping:
             return
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_reload_check:
             return
         self._next_reload_check = now + 1.0
@@ -1098,116 +972,12 @@ def worker_process(
     _flush_and_exit(status)
 
 
-def zygote_process(
-    config: Config,
-    sockets: list[socket.socket],
-    sock: socket.socket,
-    master_pid: int,
-    beat: float,
-    metrics_region: object = None,
-    server: object = None,
-    generation: int = 0,
-) -> NoReturn:
-    """Import the application once, then fork workers on the master's request.
-
-    Each worker is forked through a short-lived intermediate process, so that it is
-    orphaned at once and re-parented to the master (the child subreaper), which reaps
-    it; the intermediate reports the worker's PID, with the number of the request
-    (``spawn N MAX_REQUESTS SLOT`` -> ``pid N PID``; SLOT: the worker's metrics slot).
-    SIGUSR1 reopens the error log, so that the workers forked after a log rotation
-    write to the new file.
-    """
-    faulthandler.enable(all_threads=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reopen_requested = False
-
-    def record_usr1(signum: int, frame: object) -> None:
-        # Only record: the loop below reopens the log (rule 2).
-        nonlocal reopen_requested
-        reopen_requested = True
-
-    # The wakeup pipe makes the poll below return on a signal (PEP 475 retries it).
-    wake_r, wake_w = _pipe()
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGUSR1, record_usr1)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # see _fork()
-    try:
-        app = load_app(config.app or "")
-    except AppLoadError as exc:
-        error_log.error("%s%s", exc, f"\n{exc.detail.rstrip()}" if exc.detail else "")
-        _flush_and_exit(ExitCode.APP_LOAD)
-    sock.send(b"ok")
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
-    while True:
-        if reopen_requested:
-            reopen_requested = False
-            reopen_error_log()
-        events = dict(poller.poll())
-        if wake_r in events:
-            _drain(wake_r)
-        if sock.fileno() not in events:
-            continue
-        try:
-            message, fds, _, _ = socket.recv_fds(sock, 256, 1)
-        except OSError:
-            _flush_and_exit(0)
-        if not message or message == b"exit":
-            _flush_and_exit(0)
-        fields = message.split()
-        if len(fields) != 4 or fields[0] != b"spawn" or not fds:
-            for fd in fds:
-                os.close(fd)
-            continue
-        request, max_requests, slot = int(fields[1]), int(fields[2]), int(fields[3])
-        if reopen_requested:
-            # A rotation came meanwhile: the new worker inherits the reopened log.
-            reopen_requested = False
-            reopen_error_log()
-        middle = _fork()
-        if middle == 0:
-            worker = _fork()
-            if worker == 0:
-                try:
-                    # Nothing of the zygote's plumbing belongs to the worker (its signal
-                    # handling is reset by _fork; SIGUSR1 stays blocked until it serves).
-                    for fd in (wake_r, wake_w):
-                        _close_quietly(fd)
-                    sock.close()
-                    supervision = Supervision(
-                        fds[0], master_pid, beat, max_requests, metrics_region, slot, config.adaptive
-                    )
-                    info = hooks.WorkerInfo(request, generation, config)
-                    worker_process(config, sockets, supervision, app, server, info)
-                finally:
-                    os._exit(1)
-            sock.send(b"pid %d %d" % (request, worker))
-            os._exit(0)
-        os.close(fds[0])
-        while True:
-            try:
-                os.waitpid(middle, 0)
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                break
-
-
 # ---------------------------------------------------------------------- helpers
 
 
 def _all_workers(count: int) -> str:
     """The workers of a scaling message: "all 3 workers", "the only worker"."""
     return "the only worker" if count == 1 else f"all {count} workers"
-
-
-def _flush_and_exit(code: int) -> NoReturn:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
 
 
 #: Linux >= 5.14 moves the queued connections of a closed SO_REUSEPORT listener to
@@ -1221,78 +991,3 @@ def _kernel_migrates_queued_connections() -> bool:
             return f.read().strip() == "1"
     except OSError:
         return False
-
-
-#: A new child's handling of the signals until it installs its own: a stop request
-#: (the master stopping a worker that is still importing the application, say)
-#: terminates it; terminal signals meant for the master are ignored.
-_CHILD_DEFAULT: Final = (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD)
-_CHILD_IGNORE: Final = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
-
-
-def _fork() -> int:
-    """``os.fork()`` for workers and zygotes: the child starts with its own signal
-    handling, not the master's.
-
-    Inherited, the parent's handlers would only queue a signal in the child's copy of
-    the parent's state, where nothing ever acts on it: a SIGTERM the master sends a worker
-    that is still importing the application would be swallowed, and that worker would
-    serve on. So the child resets them (``_CHILD_DEFAULT``, ``_CHILD_IGNORE``) and drops
-    the parent's wakeup fd; the signals stay blocked across the fork, so that one sent in
-    between is delivered only once the child's own handling is in place. SIGUSR1 (reopen
-    the logs) and SIGUSR2 (a stop announced, --shutdown-delay) stay blocked in the child
-    until it installs its handler (the worker's event loop; the zygote's loop, for
-    SIGUSR1): their default action would kill the child. The parent's mask is restored
-    at once.
-    """
-    blocked = {signal.SIGUSR1, signal.SIGUSR2, *_CHILD_DEFAULT}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    pid = os.fork()
-    if pid != 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        return pid
-    signal.set_wakeup_fd(-1)
-    for signum in (*_CHILD_DEFAULT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_DFL)
-    for signum in _CHILD_IGNORE:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _CHILD_DEFAULT)
-    return 0
-
-
-def _pipe() -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    return read_fd, write_fd
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
-
-
-def _kill(pid: int, signum: int) -> None:
-    # ESRCH (ProcessLookupError): the process is already gone; any other error is raised.
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    try:
-        return f"exit code {code} ({ExitCode(code).name})"
-    except ValueError:
-        return f"exit code {code}"
