@@ -26,7 +26,7 @@ import pytest
 from rapidwsgi.config import Config
 from rapidwsgi.errors import ExitCode
 from rapidwsgi.processes import Processes
-from rapidwsgi.supervisor import CRASH_LIMIT, CRASH_WINDOW, KILL_GRACE, Master, WorkerProcess
+from rapidwsgi.supervisor import CRASH_LIMIT, CRASH_WINDOW, KILL_GRACE, MAX_BACKOFF, Master, WorkerProcess
 from rapidwsgi.worker import Supervision
 from rapidwsgi.zygote import Exit, Ready, Spawn, Spawned, decode
 
@@ -214,17 +214,11 @@ def test_a_worker_stopped_on_purpose_is_not_counted_as_a_crash(fake: FakeProcess
 # ---------------------------------------------------------------------- crash loop
 
 
-def test_a_crash_loop_backs_off_1_2_4_8_seconds_until_the_window_forgets(
-    fake: FakeProcesses, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The worker crashes as soon as it is replaced. From the CRASH_LIMIT-th exit within
-    CRASH_WINDOW on, each respawn waits twice as long (1 s first); once the window holds
-    fewer exits, the next respawn is immediate again."""
-    assert (CRASH_LIMIT, CRASH_WINDOW) == (5, 10.0)
-    master = make_master(fake, workers=1)
-    turn(master)
+def crash_at_once(master: Master, fake: FakeProcesses, times: int) -> list[float]:
+    """The worker crashes as soon as it is replaced, ``times`` times: the delay of each
+    respawn (checked to the moment: not before the back-off is over, at once when it is)."""
     delays: list[float] = []
-    for _ in range(9):
+    for _ in range(times):
         (worker,) = master.workers.values()
         crashed_at = fake.clock.now
         serve(fake, worker.pid)  # it served, so this is no boot failure
@@ -234,23 +228,53 @@ def test_a_crash_loop_backs_off_1_2_4_8_seconds_until_the_window_forgets(
             delays.append(0.0)
             continue
         delay = master.next_spawn - crashed_at
-        # Not a moment before the back-off is over ...
         turn(master, master.next_spawn - 0.25)
         assert not master.workers
-        # ... and at once when it is.
         turn(master, master.next_spawn)
         assert len(master.workers) == 1
         assert fake.children[max(fake.children)].at == crashed_at + delay
         delays.append(delay)
-    assert delays == [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 4.0, 8.0, 0.0]
-    assert master.restarts == {"crash": 9}
+    return delays
+
+
+def test_a_crash_loop_backs_off_1_2_4_8_16_30_seconds_and_stays_at_30(
+    fake: FakeProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From the CRASH_LIMIT-th exit within CRASH_WINDOW on, each respawn waits twice as
+    long (1 s first, MAX_BACKOFF at most); a worker crashing within CRASH_WINDOW of its
+    delayed spawn keeps the loop going, although the earlier exits left the window."""
+    assert (CRASH_LIMIT, CRASH_WINDOW, MAX_BACKOFF) == (5, 10.0, 30.0)
+    master = make_master(fake, workers=1)
+    turn(master)
+    delays = crash_at_once(master, fake, 11)
+    assert delays == [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert master.restarts == {"crash": 11}
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Crash loop")]
     assert logged == [
-        "Crash loop: 5 worker exits in 10s; next spawn in 1s",
-        "Crash loop: 6 worker exits in 10s; next spawn in 2s",
-        "Crash loop: 7 worker exits in 10s; next spawn in 4s",
-        "Crash loop: 8 worker exits in 10s; next spawn in 8s",
+        f"Crash loop: {n} unexpected worker exits (the first 5 within 10s); next spawn in {d}s"
+        for n, d in [(5, 1), (6, 2), (7, 4), (8, 8), (9, 16), (10, 30), (11, 30)]
     ]
+
+
+def test_a_crash_loop_ends_when_the_worker_runs_for_the_window_after_its_delayed_spawn(
+    fake: FakeProcesses,
+) -> None:
+    """The back-off resets once a worker outlives CRASH_WINDOW after the delayed spawn:
+    just inside it the loop goes on (2 s), just past it the next respawn is immediate and
+    a new loop needs CRASH_LIMIT exits again."""
+    master = make_master(fake, workers=1)
+    turn(master)
+    assert crash_at_once(master, fake, 5) == [0.0, 0.0, 0.0, 0.0, 1.0]
+    spawned = master.next_spawn
+    # Crashes exactly CRASH_WINDOW after its spawn: still the loop.
+    turn(master, spawned + CRASH_WINDOW)
+    assert crash_at_once(master, fake, 1) == [2.0]
+    spawned = master.next_spawn
+    # Runs a moment longer than the window: the loop is over.
+    turn(master, spawned + CRASH_WINDOW + 0.25)
+    assert crash_at_once(master, fake, 1) == [0.0]
+    assert (master.backoff, master.loop_exits) == (0.0, 0)
+    assert crash_at_once(master, fake, 5) == [0.0, 0.0, 0.0, 1.0, 2.0]
 
 
 def test_workers_that_never_serve_stop_the_master_with_worker_boot(fake: FakeProcesses) -> None:

@@ -232,6 +232,8 @@ class Master:
         self.boot_failures = 0
         self.crashes: deque[float] = deque()
         self.backoff = 0.0
+        #: Unexpected exits since the crash loop began (0: no loop).
+        self.loop_exits = 0
         self.next_spawn = 0.0
         self._signals: deque[int] = deque()
         self._spawn_counter = 0
@@ -851,21 +853,35 @@ class Master:
             self._note_crash()
 
     def _note_crash(self) -> None:
+        """Count an unexpected exit; from CRASH_LIMIT exits within CRASH_WINDOW on, delay
+        the next spawn 1 s, 2 s, 4 s ... MAX_BACKOFF.
+
+        Once backing off, the window is measured from the delayed spawn, not from the
+        earlier exits: otherwise the waits themselves would empty the window (after the
+        8 s one, the five exits are more than 10 s apart) and a worker that crashes at
+        every start would be respawned at once again instead of ever slower. The loop
+        ends (the back-off resets) when the workers ran for CRASH_WINDOW after a spawn."""
         now = self.clock()
         self.crashes.append(now)
         while self.crashes and now - self.crashes[0] > CRASH_WINDOW:
             self.crashes.popleft()
-        if len(self.crashes) >= CRASH_LIMIT:
-            self.backoff = min(MAX_BACKOFF, self.backoff * 2 or 1.0)
-            self.next_spawn = now + self.backoff
-            error_log.error(
-                "Crash loop: %d worker exits in %gs; next spawn in %gs",
-                len(self.crashes),
-                CRASH_WINDOW,
-                self.backoff,
-            )
+        if self.backoff and now - self.next_spawn <= CRASH_WINDOW:
+            self.loop_exits += 1
+        elif len(self.crashes) >= CRASH_LIMIT:
+            self.loop_exits = len(self.crashes)
         else:
             self.backoff = 0.0
+            self.loop_exits = 0
+            return
+        self.backoff = min(MAX_BACKOFF, self.backoff * 2 or 1.0)
+        self.next_spawn = now + self.backoff
+        error_log.error(
+            "Crash loop: %d unexpected worker exits (the first %d within %gs); next spawn in %gs",
+            self.loop_exits,
+            CRASH_LIMIT,
+            CRASH_WINDOW,
+            self.backoff,
+        )
 
     # ------------------------------------------------------------------ watchdog
 
