@@ -28,6 +28,22 @@ FORWARDING_FIELDS: Final = frozenset(
     )
 )
 
+# How a message body is delimited: ``Request.framing``, decided by the front-end when it
+# builds the request (never changed afterwards), and the response framing that
+# ``protocols/base.py`` chooses (the same values).
+#: No body: the head is the whole message.
+NO_BODY: Final = 0
+#: ``content_length`` bytes (RFC 9112 §6.2).
+LENGTH: Final = 1
+#: The chunked transfer coding, ended by the last chunk (RFC 9112 §7.1).
+CHUNKED: Final = 2
+#: Responses only: the connection's close ends the body (RFC 9112 §6.3 rule 8). A
+#: request is never delimited this way (rule 7: without framing it has no body).
+UNTIL_CLOSE: Final = 3
+#: Delimited by the gateway protocol's own stream, with no length declared: FastCGI's
+#: empty STDIN record ends a request body, END_REQUEST ends a response body.
+GATEWAY_FRAMED: Final = 4
+
 
 class Request:
     """A complete request head.
@@ -36,7 +52,11 @@ class Request:
     its origin-form parts (``path`` is still percent-encoded); ``authority`` is the
     host from an absolute-form target (RFC 9112 §3.2.2: it overrides ``Host``).
     ``headers`` keeps every field line in order with the name lower-cased.
-    Body framing: ``chunked`` or else ``content_length`` bytes (0 = no body).
+    Body framing: ``framing`` (:data:`NO_BODY`, :data:`LENGTH` for ``content_length``
+    bytes, :data:`CHUNKED` or :data:`GATEWAY_FRAMED`), given by the front-end that
+    builds the request or else derived from ``chunked`` and ``content_length``; it is
+    never changed afterwards. (A FastCGI request with a declared CONTENT_LENGTH, even 0,
+    is :data:`LENGTH`: its STDIN stream still ends the body, and must agree.)
     ``extra`` carries CGI variables a gateway protocol (uwsgi, FastCGI) supplied.
     ``forwarded``: one of the :data:`FORWARDING_FIELDS` is among the headers (set by the
     HTTP/1.1 parser in the pass it already makes over the special fields), so only such
@@ -45,11 +65,11 @@ class Request:
 
     __slots__ = (
         "authority",
-        "chunked",
         "content_length",
         "expect_continue",
         "extra",
         "forwarded",
+        "framing",
         "headers",
         "keep_alive",
         "method",
@@ -75,6 +95,7 @@ class Request:
         expect_continue: bool = False,
         extra: dict[str, str] | None = None,
         forwarded: bool = False,
+        framing: int = -1,
     ) -> None:
         self.method = method
         self.target = target
@@ -84,21 +105,27 @@ class Request:
         self.headers = headers
         self.authority = authority
         self.content_length = content_length
-        self.chunked = chunked
+        if framing < 0:
+            framing = CHUNKED if chunked else LENGTH if content_length > 0 else NO_BODY
+        self.framing = framing
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.extra = extra
         self.forwarded = forwarded
 
     @property
+    def chunked(self) -> bool:
+        return self.framing == CHUNKED
+
+    @property
     def has_body(self) -> bool:
-        return self.chunked or self.content_length > 0
+        return self.framing != NO_BODY
 
     def __repr__(self) -> str:
         return (
             f"Request(method={self.method!r}, target={self.target!r}, "
             f"version={self.version!r}, headers={self.headers!r}, "
-            f"content_length={self.content_length}, chunked={self.chunked}, "
+            f"content_length={self.content_length}, framing={self.framing}, "
             f"keep_alive={self.keep_alive}, expect_continue={self.expect_continue})"
         )
 
@@ -125,6 +152,10 @@ class EndOfMessage:
 
     def __repr__(self) -> str:
         return f"EndOfMessage(trailers={self.trailers!r})"
+
+
+#: The EndOfMessage without trailers, shared (events are never mutated).
+EMPTY_EOM: Final = EndOfMessage()
 
 
 class Reply:

@@ -22,9 +22,9 @@ from typing import Final
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from ..errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, URITooLong
-from ..events import Request
+from ..events import GATEWAY_FRAMED, LENGTH, NO_BODY, Request
 from . import _grammar as g
-from .base import Limits
+from .base import MAX_LENGTH_DIGITS, Limits
 
 # Variables that make up the request line or its framing (not passed through as extra).
 _REQUEST_VARS: Final = frozenset(
@@ -47,13 +47,20 @@ _TWINS: Final = {b"HTTP_CONTENT_TYPE": b"CONTENT_TYPE", b"HTTP_CONTENT_LENGTH": 
 
 
 def request_from_cgi(
-    variables: list[tuple[bytes, bytes]], limits: Limits, *, length_optional: bool = False
+    variables: list[tuple[bytes, bytes]],
+    limits: Limits,
+    *,
+    length_optional: bool = False,
+    keep_alive: bool = False,
 ) -> Request:
     """A Request from gateway variables; raises the RemoteProtocolError for bad ones.
 
     ``length_optional`` (FastCGI, whose STDIN stream delimits the body itself): an
     absent, empty or ``-1`` CONTENT_LENGTH (Caddy's for a chunked request) means "read to
-    the end of STDIN"; the Request then carries no content-length header.
+    the end of STDIN"; the Request then carries no content-length header and is framed
+    ``GATEWAY_FRAMED``; a declared one (even 0) is ``LENGTH``, which the stream must
+    agree with. Otherwise (uwsgi) the body is CONTENT_LENGTH bytes, none without it.
+    ``keep_alive``: the gateway keeps the connection for another request.
     """
     if len(variables) > limits.max_fields + 64:  # the CGI set itself is ~20 variables
         raise HeaderFieldsTooLarge("too many gateway variables")
@@ -112,12 +119,15 @@ def request_from_cgi(
     if length_optional and raw_length == b"-1":
         raw_length = b""
     if raw_length:
-        if not raw_length.isdigit() or len(raw_length) > 18:
+        if not raw_length.isdigit() or len(raw_length) > MAX_LENGTH_DIGITS:
             raise BadRequest("invalid CONTENT_LENGTH")
         content_length = int(raw_length)
         if limits.max_body and content_length > limits.max_body:
             raise ContentTooLarge("request body too large")
         headers.append((b"content-length", raw_length))
+        framing = LENGTH if content_length or length_optional else NO_BODY
+    else:
+        framing = GATEWAY_FRAMED if length_optional else NO_BODY
     if values.get(b"CONTENT_TYPE"):
         if g.FIELD_VALUE.fullmatch(values[b"CONTENT_TYPE"]) is None:
             raise BadRequest("invalid CONTENT_TYPE")
@@ -153,8 +163,9 @@ def request_from_cgi(
         _VERSIONS.get(protocol, b"1.1"),
         headers,
         content_length=content_length,
-        keep_alive=False,
+        keep_alive=keep_alive,
         extra=extra,
+        framing=framing,
     )
 
 

@@ -21,16 +21,11 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from ..errors import (
-    BadRequest,
-    ContentTooLarge,
-    HeaderFieldsTooLarge,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
+from ..errors import BadRequest, HeaderFieldsTooLarge, LocalProtocolError
 from ..events import (
+    EMPTY_EOM,
     NEED_DATA,
-    PAUSED,
+    NO_BODY,
     ConnectionClosed,
     Data,
     EndOfMessage,
@@ -39,18 +34,8 @@ from ..events import (
     Response,
     _Sentinel,
 )
-from ._state import (
-    DONE,
-    ERROR,
-    EV_CLOSED,
-    EV_END,
-    IDLE,
-    MUST_CLOSE,
-    OUR_TRANSITIONS,
-    SEND_BODY,
-    THEIR_TRANSITIONS,
-)
-from .base import LENGTH, NO_BODY, GatewayConnection, Limits
+from ._state import IDLE, SEND_BODY
+from .base import GatewayConnection, Limits, NextEvent
 from .cgi import request_from_cgi
 
 VERSION: Final = 1
@@ -75,8 +60,6 @@ UNKNOWN_ROLE: Final = 3
 HEADER: Final = struct.Struct(">BBHHBx")
 MAX_CONTENT: Final = 65535
 _END_BODY: Final = struct.Struct(">IB3x")
-
-_EMPTY_EOM: Final = EndOfMessage()
 
 
 def record(kind: int, request_id: int, content: bytes = b"") -> bytes:
@@ -145,6 +128,8 @@ class FastCGIConnection(GatewayConnection):
     SELF_DELIMITING = True  # END_REQUEST ends a body without a length
     RAW_BODY_OK = False  # bodies travel in records: no sendfile
     METRICS_PROTOCOL = 2
+    BODY_TOO_LONG = "fastcgi: STDIN longer than CONTENT_LENGTH"
+    BODY_TOO_SHORT = "fastcgi: STDIN ended before CONTENT_LENGTH"
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits)
@@ -152,9 +137,6 @@ class FastCGIConnection(GatewayConnection):
         self._request_id = 0
         self._keep_conn = False
         self._params = bytearray()
-        self._body_seen = 0
-        #: CONTENT_LENGTH of the current request, None when the gateway sent none.
-        self._declared: int | None = None
 
     # -- inspection
 
@@ -170,20 +152,7 @@ class FastCGIConnection(GatewayConnection):
 
     # -- receiving
 
-    def next_event(self) -> Request | Data | EndOfMessage | ConnectionClosed | _Sentinel | Reply:
-        state = self.their_state
-        if state is ERROR:
-            assert self._error is not None
-            raise self._error
-        if state is DONE or state is MUST_CLOSE:
-            return PAUSED
-        try:
-            return self._next()
-        except RemoteProtocolError as exc:
-            self._fail(exc)
-            raise
-
-    def _next(self) -> Request | Data | EndOfMessage | ConnectionClosed | _Sentinel | Reply:
+    def _next(self) -> NextEvent:
         while True:
             buf = self._buf
             if len(buf) < HEADER.size:
@@ -207,8 +176,7 @@ class FastCGIConnection(GatewayConnection):
             return NEED_DATA
         if self._buf or self._phase != _WAIT_BEGIN or self.their_state is SEND_BODY:
             raise BadRequest("fastcgi: connection closed inside a record or request")
-        self.their_state = THEIR_TRANSITIONS[(IDLE, EV_CLOSED)]
-        return ConnectionClosed()
+        return self._closed_cleanly()
 
     def _management(self, kind: int, content: bytes) -> bytes:
         if kind != GET_VALUES:
@@ -233,7 +201,6 @@ class FastCGIConnection(GatewayConnection):
             self._request_id = request_id
             self._keep_conn = bool(content[2] & KEEP_CONN)
             self._params.clear()
-            self._body_seen = 0
             self._phase = _IN_PARAMS
             return None
         if request_id != self._request_id or phase == _WAIT_BEGIN:
@@ -251,34 +218,22 @@ class FastCGIConnection(GatewayConnection):
             return self._request()
         if kind == STDIN and phase == _IN_STDIN:
             if not content:
-                if self._body_mode == LENGTH and self._remaining:
-                    raise BadRequest("fastcgi: STDIN ended before CONTENT_LENGTH")
+                end = self._on_end(EMPTY_EOM)  # (refuses a short body)
                 self._phase = _WAIT_BEGIN
-                return self._on_end(_EMPTY_EOM)
-            self._body_seen += len(content)
-            declared = self._declared
-            if declared is not None and self._body_seen > declared:
-                raise BadRequest("fastcgi: STDIN longer than CONTENT_LENGTH")
-            max_body = self.limits.max_body
-            if max_body and self._body_seen > max_body:
-                raise ContentTooLarge("request body too large")
+                return end
             return self._on_data(Data(content))
         if kind == DATA:
             return None  # the FILTER role's stream: not used by a responder
         raise BadRequest(f"fastcgi: record type {kind} out of order")
 
     def _request(self) -> Request:
-        request = request_from_cgi(decode_pairs(bytes(self._params)), self.limits, length_optional=True)
+        # Every body ends with an empty STDIN record (§3.3, even an empty one), so no
+        # request is complete with its head (``length_optional``: see request_from_cgi).
+        request = request_from_cgi(
+            decode_pairs(bytes(self._params)), self.limits, length_optional=True, keep_alive=self._keep_conn
+        )
         self._params.clear()
         self._phase = _IN_STDIN
-        declared = any(name == b"content-length" for name, _ in request.headers)
-        self._declared = request.content_length if declared else None
-        # The body ends with an empty STDIN record: without a positive CONTENT_LENGTH
-        # the state machine waits for that record as for the end of a chunked HTTP body
-        # (a declared 0 still refuses any STDIN content, above).
-        if not request.content_length:
-            request.chunked = True
-        request.keep_alive = self._keep_conn
         return self._on_request(request)
 
     # -- sending: a CGI response in STDOUT records
@@ -294,25 +249,13 @@ class FastCGIConnection(GatewayConnection):
     def send_data(self, data: bytes) -> bytes:
         if self.our_state is not SEND_BODY:
             raise LocalProtocolError("no response body is being sent")
-        mode = self._resp_mode
-        if mode == NO_BODY:
+        if self._resp_mode == NO_BODY:
             return b""
-        if mode == LENGTH:
-            self._resp_sent += len(data)
-            if self._resp_sent > self._resp_length:
-                raise LocalProtocolError("response body longer than its Content-Length")
+        self._count_sent(len(data))
         return stream(STDOUT, self._request_id, data)
 
     def prepare_raw(self, count: int) -> bool:
         raise LocalProtocolError("FastCGI bodies travel in records: no raw sending")
 
-    def send_end(self) -> bytes:
-        if self.our_state is not SEND_BODY:
-            raise LocalProtocolError("no response body is being sent")
-        if self._resp_mode == LENGTH and self._resp_sent != self._resp_length:
-            self.our_state = ERROR
-            raise LocalProtocolError("response body shorter than its Content-Length")
-        self.our_state = OUR_TRANSITIONS[(SEND_BODY, EV_END)]
-        if not self._resp_keep_alive:
-            self.our_state = MUST_CLOSE
+    def _end_bytes(self, mode: int) -> bytes:
         return record(STDOUT, self._request_id) + end_request(self._request_id)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..errors import BadRequest, RemoteProtocolError
-from ..events import NEED_DATA, PAUSED, ConnectionClosed, Data, EndOfMessage, Request, _Sentinel
-from ._state import DONE, ERROR, EV_CLOSED, IDLE, MUST_CLOSE, SEND_BODY, THEIR_TRANSITIONS
-from .base import GatewayConnection
+from ..errors import BadRequest
+from ..events import EMPTY_EOM, NEED_DATA, PAUSED, ConnectionClosed, Data, EndOfMessage, Request, _Sentinel
+from ._state import IDLE, SEND_BODY
+from .base import GatewayConnection, NextEvent
 from .cgi import request_from_cgi
 
 HEADER_SIZE: Final = 4
-_EMPTY_EOM: Final = EndOfMessage()
 
 
 def parse_vars(block: bytes) -> list[tuple[bytes, bytes]]:
@@ -53,6 +52,9 @@ class UwsgiConnection(GatewayConnection):
     """One uwsgi connection: one request, then close (see the module docstring)."""
 
     METRICS_PROTOCOL = 1
+    #: The reply to the gateway is HTTP/1.0-style: no chunked coding, the connection's
+    #: close ends a body without a length (RFC 9112 §6.3).
+    CHUNKED_REPLIES = False
 
     # -- inspection
 
@@ -62,33 +64,23 @@ class UwsgiConnection(GatewayConnection):
 
     # -- receiving
 
-    def next_event(self) -> Request | Data | EndOfMessage | ConnectionClosed | _Sentinel:
-        state = self.their_state
-        try:
-            if state is IDLE:
-                return self._head()
-            if state is SEND_BODY:
-                return self._body()
-            if state is DONE or state is MUST_CLOSE:
-                if self._buf:
-                    # nginx never sends more: something is off with this peer.
-                    raise BadRequest("uwsgi: bytes after the request body")
-                return PAUSED
-        except RemoteProtocolError as exc:
-            self._fail(exc)
-            raise
-        if state is ERROR:
-            assert self._error is not None
-            raise self._error
-        return ConnectionClosed()
+    def _next(self) -> NextEvent:
+        if self.their_state is SEND_BODY:
+            return self._body()
+        return self._head()
+
+    def _paused(self) -> NextEvent:
+        if self._buf:
+            # nginx never sends more: something is off with this peer.
+            raise BadRequest("uwsgi: bytes after the request body")
+        return PAUSED
 
     def _head(self) -> Request | ConnectionClosed | _Sentinel:
         buf = self._buf
         if len(buf) < HEADER_SIZE:
             if self._eof:
                 if not buf:
-                    self.their_state = THEIR_TRANSITIONS[(IDLE, EV_CLOSED)]
-                    return ConnectionClosed()
+                    return self._closed_cleanly()
                 raise BadRequest("uwsgi: connection closed inside the packet header")
             return NEED_DATA
         if buf[0] != 0:
@@ -100,15 +92,11 @@ class UwsgiConnection(GatewayConnection):
             return NEED_DATA
         variables = parse_vars(buf[HEADER_SIZE : HEADER_SIZE + size])
         self._buf = buf[HEADER_SIZE + size :]
-        request = request_from_cgi(variables, self.limits)
-        # The reply to the gateway is HTTP/1.0-style: no chunked coding, the
-        # connection's close ends a body without a length (RFC 9112 §6.3).
-        request.version = b"1.0"
-        return self._on_request(request)
+        return self._on_request(request_from_cgi(variables, self.limits))
 
     def _body(self) -> Data | EndOfMessage | _Sentinel:
         if self._remaining == 0:
-            return self._on_end(_EMPTY_EOM)
+            return self._on_end(EMPTY_EOM)
         buf = self._buf
         if not buf:
             if self._eof:

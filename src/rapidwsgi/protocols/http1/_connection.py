@@ -28,9 +28,9 @@ from typing import Final
 import httptools
 
 from ...errors import BadRequest, HeaderFieldsTooLarge, RemoteProtocolError
-from ...events import NEED_DATA, PAUSED, ConnectionClosed, Data, EndOfMessage, Request, _Sentinel
-from .._state import CLOSED, DONE, ERROR, EV_CLOSED, IDLE, MUST_CLOSE, SEND_BODY, THEIR_TRANSITIONS
-from ..base import Limits, ServerConnection
+from ...events import NEED_DATA, ConnectionClosed, Data, EndOfMessage, Request, _Sentinel
+from .._state import IDLE, SEND_BODY
+from ..base import Limits, NextEvent, ServerConnection
 from ._semantics import request_from_head
 from ._tokenizer import Tokenizer
 
@@ -113,18 +113,8 @@ class H1Connection(ServerConnection):
         self._unfed.append(data)
         self._unfed_bytes += len(data)
 
-    def next_event(
-        self,
-    ) -> Request | Data | EndOfMessage | ConnectionClosed | _Sentinel:
-        """Return the next event (see the module docstring)."""
-        state = self.their_state
-        if state is DONE or state is MUST_CLOSE:
-            return PAUSED
-        if state is ERROR:
-            assert self._error is not None
-            raise self._error
-        if state is CLOSED:
-            return ConnectionClosed()
+    def _next(self) -> NextEvent:
+        """The next queued event, feeding llhttp when the queue is empty."""
         queue = self._tokens.queue
         if not queue:
             self._feed()
@@ -138,7 +128,6 @@ class H1Connection(ServerConnection):
             return self._on_data(item)
         if isinstance(item, EndOfMessage):
             return self._on_end(item)
-        self._fail(item)
         raise item
 
     def _starved(self) -> ConnectionClosed | _Sentinel:
@@ -147,11 +136,8 @@ class H1Connection(ServerConnection):
             return NEED_DATA
         if self._tokens.in_message or self.their_state is SEND_BODY:
             # RFC 9112 §8: a message cut short by the close is incomplete.
-            exc = BadRequest("connection closed in the middle of a request")
-            self._fail(exc)
-            raise exc
-        self.their_state = THEIR_TRANSITIONS[(IDLE, EV_CLOSED)]
-        return ConnectionClosed()
+            raise BadRequest("connection closed in the middle of a request")
+        return self._closed_cleanly()
 
     def _feed(self) -> None:
         """Feed received bytes to llhttp until it produces an event (or runs out)."""

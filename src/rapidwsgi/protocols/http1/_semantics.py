@@ -21,11 +21,9 @@ from ...errors import (
     ExpectationFailed,
     NotImplementedByServer,
 )
-from ...events import FORWARDING_FIELDS, Request
+from ...events import CHUNKED, FORWARDING_FIELDS, LENGTH, NO_BODY, Request
 from .. import _grammar as g
-
-#: More than 18 decimal digits of Content-Length (an exabyte) is not a real body.
-_MAX_CL_DIGITS: Final = 18
+from ..base import MAX_LENGTH_DIGITS
 
 # The forwarding fields are looked up in the same set (one lookup per field either way):
 # a request carrying one is flagged, so the others skip the forwarding policy.
@@ -111,7 +109,7 @@ def request_from_head(
         raise BadRequest("fragment in request target")
 
     # Body framing, RFC 9112 §6.1-§6.3.
-    chunked = False
+    framing = NO_BODY
     content_length = 0
     if codings is not None:
         if version == b"1.0":
@@ -126,11 +124,13 @@ def request_from_head(
                 raise NotImplementedByServer("unsupported transfer coding")
         if len(items) != 1:
             raise BadRequest("chunked applied more than once")
-        chunked = True
+        framing = CHUNKED
     elif content_lengths is not None:
         content_length = _content_length(content_lengths)
         if max_body and content_length > max_body:
             raise ContentTooLarge("request body too large")
+        if content_length:
+            framing = LENGTH
 
     # Persistence, RFC 9112 §9.3.
     if version == b"1.1":
@@ -149,7 +149,7 @@ def request_from_head(
         for item in _split_list(expect):
             if item != b"100-continue":
                 raise ExpectationFailed("unsupported expectation")
-        expect_continue = chunked or content_length > 0
+        expect_continue = framing != NO_BODY
 
     return Request(
         method,
@@ -160,7 +160,7 @@ def request_from_head(
         headers,
         authority=authority,
         content_length=content_length,
-        chunked=chunked,
+        framing=framing,
         keep_alive=keep_alive,
         expect_continue=expect_continue,
         forwarded=forwarded,
@@ -175,7 +175,7 @@ def _content_length(values: list[bytes]) -> int:
             item = raw.strip(b" \t")
             if g.DIGITS.fullmatch(item) is None:
                 raise BadRequest("invalid Content-Length")
-            if len(item.lstrip(b"0")) > _MAX_CL_DIGITS:
+            if len(item.lstrip(b"0")) > MAX_LENGTH_DIGITS:
                 raise ContentTooLarge("request body too large")
             lengths.add(int(item))
     if len(lengths) != 1:

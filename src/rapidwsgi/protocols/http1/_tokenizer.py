@@ -9,11 +9,13 @@ duplicate Content-Length). This module turns its callbacks into
 * request semantics (``request_from_head``): exactly one Host, target forms, framing
   rules (501 for unknown transfer codings, no Transfer-Encoding in HTTP/1.0), 505 for
   versions other than 1.0/1.1, Expect, persistence;
-* limits (414/431/413), checked exactly on each complete target, field and body
-  piece — llhttp has none. (httptools accumulates a field that arrives in pieces with
-  repeated ``bytes +=``; the caller therefore feeds a head that is still incomplete in
-  pieces of at least a few KiB, which keeps that accumulation cheap, and bounds the
-  memory of an endless head.)
+* limits (414/431), checked exactly on each complete target and field — llhttp has
+  none; the declared Content-Length is held to ``max_body`` with the head, the bytes
+  of a chunked body as they are taken (``ServerConnection._on_data``, 413).
+  (httptools accumulates a field that arrives in pieces with repeated ``bytes +=``;
+  the caller therefore feeds a head that is still incomplete in pieces of at least a
+  few KiB, which keeps that accumulation cheap, and bounds the memory of an endless
+  head.)
 * trailing whitespace is stripped from field values (RFC 9112 §5: OWS is not part of
   the value; llhttp keeps it).
 
@@ -29,13 +31,12 @@ from typing import Any, Final, NoReturn
 import httptools
 
 from ...errors import (
-    ContentTooLarge,
     HeaderFieldsTooLarge,
     RemoteProtocolError,
     URITooLong,
     VersionNotSupported,
 )
-from ...events import Data, EndOfMessage, Request
+from ...events import EMPTY_EOM, NO_BODY, Data, EndOfMessage, Request
 from ..base import Limits
 from ._semantics import request_from_head
 
@@ -64,7 +65,6 @@ class Tokenizer:
         self.saw_connection = False
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.has_body = False
-        self.body_total = 0
 
     def feed(self, data: bytes) -> None:
         """Feed bytes to llhttp (its callbacks run; its errors propagate)."""
@@ -91,7 +91,6 @@ class Tokenizer:
         self.saw_connection = False
         self.trailers = None
         self.has_body = False
-        self.body_total = 0
 
     def on_url(self, url: bytes) -> None:
         self.url = url if not self.url else self.url + url
@@ -139,14 +138,10 @@ class Tokenizer:
             )
         except RemoteProtocolError as exc:
             self._fail(exc)
-        self.has_body = request.chunked or request.content_length > 0
+        self.has_body = request.framing != NO_BODY
         self.queue.append(request)
 
     def on_body(self, body: bytes) -> None:
-        self.body_total += len(body)
-        max_body = self.limits.max_body
-        if max_body and self.body_total > max_body:
-            self._fail(ContentTooLarge("request body too large"))
         self.queued_bytes += len(body)
         self.queue.append(Data(body))
 
@@ -154,7 +149,4 @@ class Tokenizer:
         self.in_message = False
         if self.has_body:
             trailers = self.trailers
-            self.queue.append(EndOfMessage(trailers) if trailers else _EMPTY_EOM)
-
-
-_EMPTY_EOM: Final = EndOfMessage()
+            self.queue.append(EndOfMessage(trailers) if trailers else EMPTY_EOM)
