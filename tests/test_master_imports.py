@@ -12,6 +12,8 @@ numbers belong in bench/rss.py, not here.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
 from pathlib import Path
 
@@ -24,6 +26,8 @@ Start = type[ServerProcess]
 
 HOOKS = """\
 import json
+import os
+import pwd
 import os
 import sys
 
@@ -132,3 +136,25 @@ def test_the_master_never_imports_the_serving_modules_or_the_application(
     for pid, modules in dumps(modules_dir, "worker").items():
         assert pid != master
         assert sorted(WORKER_MODULES - set(modules)) == [], pid
+
+
+def test_with_user_the_master_imports_the_serving_modules_before_the_switch_but_not_the_app(
+    start_server: Start, tmp_path: Path
+) -> None:
+    """``--user``/``--group``: the serving modules (and uvloop) are imported before the
+    privileges are dropped, so that the workers need not read the installation as the
+    new user; the application is still imported by the workers only. (The current user
+    is named, so no privilege is needed: the switch is a no-op, the import is not.)"""
+    config = tmp_path / "hooks.py"
+    config.write_text(HOOKS)
+    modules_dir = tmp_path / "modules"
+    modules_dir.mkdir()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    server = start_server(
+        "apps:app", "--workers", "1", "--user", user, "-c", str(config), env={"MODULES_DIR": str(modules_dir)}
+    )
+    assert wait_until(lambda: len(dumps(modules_dir, "worker")) == 1, 15), server.stderr
+    assert server.stop() == 0
+    master_modules = set(dumps(modules_dir, "master")[server.proc.pid])
+    assert sorted(WORKER_MODULES - {"apps"} - master_modules) == []
+    assert "apps" not in master_modules
