@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import os
 import random
 import select
@@ -1097,6 +1098,11 @@ def worker_process(
 ) -> NoReturn:
     """The body of a worker process (after fork): load the app if needed, serve, exit.
     ``server`` and ``info``: what the hooks get as ``server`` and ``worker``."""
+    # First, before anything allocates: what this process inherited from its parent (the
+    # master, or the zygote with the application) stays shared copy-on-write. Without
+    # it, the next collection (Worker.run's gc.collect(), then any later one) writes the
+    # GC header of every inherited object, copying each page they live on.
+    gc.freeze()
     faulthandler.enable(all_threads=True)  # SIGABRT from the watchdog prints tracebacks
     random.seed()
     # Imported after the fork, before the application as the master used to (the master
@@ -1144,6 +1150,7 @@ def zygote_process(
     SIGUSR1 reopens the error log, so that the workers forked after a log rotation
     write to the new file.
     """
+    gc.freeze()  # what the master gave it stays shared (see worker_process)
     faulthandler.enable(all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reopen_requested = False
