@@ -9,7 +9,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SOURCES := $(shell find src -name '*.py' -o -name '*.pyi' -o -name '*.c') pyproject.toml setup.py
 
 .PHONY: serve test test-fast lint typecheck unit unit-compiled unit-mypyc unit-source asan valgrind fuzz-c \
-	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-static bench-metrics bench-overload bench-adaptive \
+	docs bench bench-quick bench-selftest bench-instructions bench-leak bench-rss bench-static bench-metrics bench-overload bench-adaptive \
 	cluster clean
 
 $(VENV)/bin/python:
@@ -51,7 +51,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/rapidwsgi bench/hotpath.py bench/leak.py bench/parser.py bench/strictness.py
 	$(BIN)/mypy --strict bench/run.py bench/common.py bench/peers.py bench/front.py bench/probe.py \
-		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py bench/adaptive.py tests/test_bench.py \
+		bench/report.py bench/charts.py bench/modes.py bench/instructions.py bench/static.py bench/metrics_cost.py bench/overload.py bench/adaptive.py bench/rss.py tests/test_bench.py \
 		tests/test_bench_instructions.py tests/test_kubernetes.py tests/test_cluster.py \
 		tests/test_exchange_unit.py tests/test_connection_unit.py tests/test_master_unit.py
 	cd bench/apps && ../../$(BIN)/mypy --strict hello.py big.py flaskbench.py djbench _target.py \
@@ -117,6 +117,10 @@ clean:
 # RSS over 1M keep-alive requests and 100k new connections through the request path.
 bench-leak: $(STAMP)
 	cd bench && ../$(BIN)/python leak.py
+
+# Master and worker memory (RSS, PSS, USS) of --workers 2, idle and after wrk (bench/rss.py; ~40 s).
+bench-rss: $(STAMP)
+	$(BIN)/python bench/rss.py --python $(BIN)/python
 
 # Static files against nginx, uWSGI, granian and WhiteNoise (bench/static.py; ~15 min).
 bench-static:

@@ -210,6 +210,10 @@ def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return Tracked((b"tick\n" for _ in range(10_000)), delay=0.01)
     if path == "/sleep":
+        mark = _q(environ, "mark", "")
+        if mark:  # an observable "the request is in the application now", for the tests
+            with open(mark, "w") as f:
+                f.write(str(os.getpid()))
         time.sleep(float(_q(environ, "seconds", "1")))
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
         return [b"slept"]

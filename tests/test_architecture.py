@@ -24,6 +24,7 @@ PACKAGE = ROOT / "src" / "rapidwsgi"
 RANKS = {
     "rapidwsgi": 0,
     "rapidwsgi.errors": 0,
+    "rapidwsgi.supervision": 0,  # the heartbeat messages (master and worker read them)
     "rapidwsgi._bounded": 0,  # the memo caches' eviction rule (imports nothing)
     "rapidwsgi.events": 1,
     "rapidwsgi.protocols": 2,

@@ -26,8 +26,8 @@ import pytest
 from rapidwsgi.config import Config
 from rapidwsgi.errors import ExitCode
 from rapidwsgi.processes import Processes
+from rapidwsgi.supervision import Supervision
 from rapidwsgi.supervisor import CRASH_LIMIT, CRASH_WINDOW, KILL_GRACE, MAX_BACKOFF, Master, WorkerProcess
-from rapidwsgi.worker import Supervision
 from rapidwsgi.zygote import Exit, Ready, Spawn, Spawned, decode
 
 SIGTERM, SIGKILL, SIGABRT = int(signal.SIGTERM), int(signal.SIGKILL), int(signal.SIGABRT)

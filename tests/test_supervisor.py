@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,16 @@ def fetch(address: tuple[str, int] | str, path: str = "/hello", timeout: float =
     with RawConnection(address, timeout) as conn:
         response = conn.request(get(path))
     return response.status, response.body
+
+
+def sleep_in_app(seconds: float, mark: Path) -> bytes:
+    """A request for apps.py's ``/sleep`` that creates ``mark`` once it is in the application."""
+    return get(f"/sleep?seconds={seconds:g}&mark={urllib.parse.quote(str(mark))}")
+
+
+def wait_in_app(mark: Path, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the request of :func:`sleep_in_app` is in the application."""
+    assert wait_until(mark.exists, timeout), f"the request never reached the application ({mark})"
 
 
 def body_versions(bodies: list[bytes]) -> set[str]:
@@ -233,6 +244,8 @@ class KeepAliveLoad:
                         conn = RawConnection(self.address, timeout=self.timeout)
                     except OSError as exc:
                         self._fail(i, "error", f"connect: {exc!r}")
+                        # Paces the retries of a refused connect (bounded by attempts and
+                        # the deadline above): not a wait for something observable.
                         time.sleep(0.05)
                         continue
                 try:
@@ -373,6 +386,8 @@ def test_a_signal_sent_right_after_fork_reaches_the_child_with_its_own_handling(
         pid = _fork()
         if pid == 0:  # the child: without the reset it would outlive the signal
             try:
+                # Deliberately lets time pass (bounded: a child whose parent handler
+                # swallowed the signal exits 0 after it and the assertion below fails).
                 time.sleep(5)
             finally:
                 os._exit(0)
@@ -390,6 +405,8 @@ import time
 
 VERSION = {version!r}
 if VERSION != "v1":
+    with open("importing-%s-%d" % (VERSION, os.getpid()), "w"):
+        pass  # observable: this worker is in its import now
     time.sleep(3)  # a slow import: the next reload comes while this one is under way
 
 
@@ -413,10 +430,12 @@ def test_a_worker_stopped_while_it_imports_the_application_exits_instead_of_serv
     write_module(module, SLOW_IMPORT_APP.format(version="v2"))
     server.signal(signal.SIGHUP)
     server.wait_for_log(r"Booting worker \d+ \(generation 2\)")
-    time.sleep(0.5)  # the generation-2 worker is in its 3-second import now
+    [superseded] = log_pids(server, r"Booting worker (\d+) \(generation 2\)")
+    importing = tmp_path / f"importing-v2-{superseded}"
+    # The generation-2 worker is in its 3-second import once it wrote this file.
+    assert wait_until(importing.exists, 10), server.stderr
     write_module(module, SLOW_IMPORT_APP.format(version="v3"))
     server.signal(signal.SIGHUP)
-    [superseded] = log_pids(server, r"Booting worker (\d+) \(generation 2\)")
     server.wait_for_log(rf"Worker {superseded} exited \(killed by SIGTERM\)", timeout=10)
     server.wait_for_log(r"Worker generation 3 serving", timeout=20)
     assert superseded not in serving_pids(server)
@@ -458,7 +477,7 @@ def test_a_burst_of_sighups_settles_on_the_newest_code_without_failing_a_request
     ids=["threads-SIGTERM", "inline-SIGTERM", "threads-SIGINT"],
 )
 def test_graceful_stop_finishes_the_slow_request_answers_a_late_one_and_closes_idle_ones_cleanly(
-    start_server: Start, mode: str, signum: signal.Signals
+    start_server: Start, mode: str, signum: signal.Signals, tmp_path: Path
 ) -> None:
     server = start_server("apps:app", "--workers", "1", *THREADING[mode], "--graceful-timeout", "10")
     worker = wait_workers(server, 1).pop()
@@ -468,10 +487,17 @@ def test_graceful_stop_finishes_the_slow_request_answers_a_late_one_and_closes_i
         response = conn.request(get("/hello"))
         assert response.status == 200 and response.header("connection") is None
     slow = RawConnectionExtras(server.address, timeout=15)
-    slow.send(get("/sleep?seconds=2"))
-    time.sleep(0.5)  # the request is in the application
+    mark = tmp_path / "in-app"
+    slow.send(sleep_in_app(2, mark))
+    wait_in_app(mark)
     server.signal(signum)
-    time.sleep(0.15)
+    # The master has passed the stop on (it logs, then signals the workers) ...
+    server.wait_for_log(rf"Shutting down \({signum.name}\)")
+    if mode == "threads":
+        # ... and the worker's loop has acted on it. (Inline, its loop is inside the
+        # application until the slow request ends, so the signal, already pending, is
+        # handled before the loop can read the late request.)
+        server.wait_for_log(r"Worker shutting down \(SIGTERM\)")
     late.send(get("/hello"))  # on an idle keep-alive connection, right after the signal
 
     answer = late.read_response()
@@ -498,17 +524,19 @@ def test_graceful_stop_finishes_the_slow_request_answers_a_late_one_and_closes_i
         conn.close()
 
 
-def test_a_repeated_sigterm_does_not_cut_the_graceful_stop_short(start_server: Start) -> None:
+def test_a_repeated_sigterm_does_not_cut_the_graceful_stop_short(start_server: Start, tmp_path: Path) -> None:
     # docs/process.md: only a second SIGINT (Ctrl-C twice) stops at once. The request
     # outlasts the master's quick-stop grace (a few seconds), well within --graceful-timeout.
     server = start_server("apps:app", "--workers", "1", "--threads", "4", "--graceful-timeout", "10")
     wait_workers(server, 1)
     with RawConnectionExtras(server.address, timeout=15) as slow:
-        slow.send(get("/sleep?seconds=5"))
-        time.sleep(0.5)
+        mark = tmp_path / "in-app"
+        slow.send(sleep_in_app(5, mark))
+        wait_in_app(mark)
         server.signal(signal.SIGTERM)
-        time.sleep(0.3)
+        server.wait_for_log(r"Shutting down \(SIGTERM\)")  # the first one is acted on
         server.signal(signal.SIGTERM)  # e.g. an init system or `timeout` repeating it
+        server.wait_for_log(r"Already shutting down gracefully \(SIGTERM\); SIGTERM again")
         data, _ = slow.read_to_end(10)
     assert b"slept" in data, server.stderr
     assert server.wait(timeout=10) == 0
@@ -518,12 +546,15 @@ def test_a_repeated_sigterm_does_not_cut_the_graceful_stop_short(start_server: S
 
 
 @pytest.mark.parametrize("mode", ["threads", "inline"])
-def test_sigquit_exits_at_once_without_waiting_for_a_slow_request(start_server: Start, mode: str) -> None:
+def test_sigquit_exits_at_once_without_waiting_for_a_slow_request(
+    start_server: Start, mode: str, tmp_path: Path
+) -> None:
     server = start_server("apps:app", "--workers", "1", *THREADING[mode], "--graceful-timeout", "30")
     worker = wait_workers(server, 1).pop()
     with RawConnectionExtras(server.address, timeout=15) as slow:
-        slow.send(get("/sleep?seconds=20"))
-        time.sleep(0.5)
+        mark = tmp_path / "in-app"
+        slow.send(sleep_in_app(20, mark))
+        wait_in_app(mark)
         server.signal(signal.SIGQUIT)
         server.wait(timeout=8)  # far less than the 20 s request or the 30 s grace
         data, _ = slow.read_to_end(5)
@@ -531,12 +562,13 @@ def test_sigquit_exits_at_once_without_waiting_for_a_slow_request(start_server: 
     assert wait_until(lambda: process_gone(worker), 5)
 
 
-def test_a_second_sigint_stops_at_once(start_server: Start) -> None:
+def test_a_second_sigint_stops_at_once(start_server: Start, tmp_path: Path) -> None:
     server = start_server("apps:app", "--workers", "1", "--threads", "4", "--graceful-timeout", "30")
     wait_workers(server, 1)
     with RawConnectionExtras(server.address, timeout=15) as slow:
-        slow.send(get("/sleep?seconds=20"))
-        time.sleep(0.5)
+        mark = tmp_path / "in-app"
+        slow.send(sleep_in_app(20, mark))
+        wait_in_app(mark)
         server.signal(signal.SIGINT)
         server.wait_for_log(r"Shutting down \(SIGINT\)")
         server.signal(signal.SIGINT)
@@ -547,13 +579,14 @@ def test_a_second_sigint_stops_at_once(start_server: Start) -> None:
 
 @pytest.mark.parametrize("mode", ["threads", "inline"])
 def test_graceful_timeout_cuts_a_long_request_short_and_the_master_still_exits(
-    start_server: Start, mode: str
+    start_server: Start, mode: str, tmp_path: Path
 ) -> None:
     server = start_server("apps:app", "--workers", "1", *THREADING[mode], "--graceful-timeout", "1")
     worker = wait_workers(server, 1).pop()
     with RawConnectionExtras(server.address, timeout=15) as slow:
-        slow.send(get("/sleep?seconds=30"))
-        time.sleep(0.5)
+        mark = tmp_path / "in-app"
+        slow.send(sleep_in_app(30, mark))
+        wait_in_app(mark)
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=10) == 0
         data, _ = slow.read_to_end(5)
@@ -650,7 +683,8 @@ def test_sigttin_and_sigttou_change_the_worker_count_but_never_below_one(start_s
         assert wait_until(lambda e=expected, o=occurrence: server.stderr.count(f"SIGTTOU: {e} workers") >= o)
         wait_workers(server, expected)
     assert "SIGTTOU: 0 workers" not in server.stderr
-    time.sleep(0.5)  # nothing else happens: one worker stays
+    # Deliberately lets time pass: nothing else happens, one worker stays.
+    time.sleep(0.5)
     assert len(wait_workers(server, 1)) == 1
     assert fetch(server.address) == (200, b"Hello, world!")
 
@@ -737,7 +771,7 @@ def test_a_crash_loop_is_reported_and_backed_off_while_the_master_keeps_serving(
     boots = len(log_pids(server, r"Booting worker (\d+)"))
     for _ in range(30):
         assert fetch(server.address) == (200, str(survivor).encode())
-        time.sleep(0.1)
+        time.sleep(0.1)  # deliberately lets the 3 s pass: the back-off allows few boots in it
     assert len(log_pids(server, r"Booting worker (\d+)")) - boots <= 4, server.stderr
     assert server.proc.poll() is None
     marker.unlink()  # the application imports again: the next attempt serves
@@ -824,7 +858,8 @@ def test_reload_option_restarts_the_workers_when_a_python_file_changes(
     first = wait_workers(server, 1)
     assert fetch(server.address, "/")[1].startswith(b"v1 ")
     (tmp_path / "notes.txt").write_text("not Python\n")
-    time.sleep(2.2)  # two polls of the reloader: a non-.py file changes nothing
+    # Deliberately lets time pass: two polls of the reloader, a non-.py file changes nothing.
+    time.sleep(2.2)
     assert "Changed:" not in server.stderr
     write_module(module, VERSIONED_APP.format(version="v2"))
     server.wait_for_log(r"Changed: devapp\.py", timeout=10)

@@ -8,7 +8,6 @@ there is one) and exits non-zero.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import importlib.util
 import os
@@ -21,12 +20,12 @@ from typing import Any, Final
 
 from .config import Config, build_parser, effective_settings
 from .errors import AppLoadError, BindError, ConfigError, ExitCode
-from .loader import load_app
 from .log import error_log, setup_error_log
 from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
-from .static import StaticFiles
 from .supervisor import Master
-from .tls import load_at_start
+
+# The master imports only what supervising needs (supervisor.py): the checks at start
+# below import the TLS, static and loader modules only when their option asks for them.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
 
     try:
-        load_at_start(config)  # a certificate or key that does not load: an error now
-        StaticFiles.from_config(config)  # a --static directory that is missing: too
+        check_at_start(config)
     except ConfigError as exc:
         error_log.error("%s", exc)
         return ExitCode.USAGE
@@ -77,13 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BindError as exc:
         error_log.error("%s", exc)
         return ExitCode.BIND
-    # The supervisor (and what it imports) is imported at the top of this module, and
-    # the event loop here, while still running as the user who started the server:
-    # after --user an installation only root can read would fail with a traceback, or
-    # silently fall back from uvloop to asyncio in every worker.
-    if config.loop in ("auto", "uvloop"):
-        with contextlib.suppress(ImportError):
-            import uvloop  # noqa: F401
+    if config.user is not None or config.group is not None:
+        import_worker_modules(config)
     raise_open_files_limit()
     try:
         drop_privileges(config, sockets, created)
@@ -91,6 +84,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         error_log.error("%s", exc)
         return ExitCode.USAGE
     return Master(config, sockets, unlink_at_exit=created, metrics_socket=metrics_socket).run()
+
+
+def check_at_start(config: Config) -> None:
+    """What must fail before anything is bound or forked, with a :class:`ConfigError`:
+    a certificate or key that does not load, a ``--static`` directory that is missing.
+
+    The TLS context loaded here is kept for the workers (``tls.worker_context``); the
+    modules are imported only when the option is set, so that a master without them
+    does not hold ``ssl`` or the static responder (and the WSGI modules it imports).
+    """
+    if config.certfile:
+        from .tls import load_at_start
+
+        load_at_start(config)
+    if config.static:
+        from .static import StaticFiles
+
+        StaticFiles.from_config(config)
+
+
+def import_worker_modules(config: Config) -> None:
+    """Import what a worker imports after the fork (the worker module, the protocol,
+    WSGI and static modules, the event loop) here, in the master, before ``--user``
+    drops privileges: after the switch, an installation only root can read would fail
+    in every worker with a traceback, or silently fall back from uvloop to asyncio.
+    The application itself is still imported by the workers (or the ``--preload``
+    zygote), as the new user. Without ``--user``/``--group`` nothing is imported here,
+    so the master stays small (supervisor.py)."""
+    from . import loader  # noqa: F401
+    from .worker import import_event_loop
+
+    import_event_loop(config.loop)
 
 
 def enter_app_directory(config: Config) -> None:
@@ -122,10 +147,11 @@ def check_config(config: Config) -> int:
             sys.stderr.write(detail.rstrip() + "\n")
         return status
 
+    from .loader import load_app  # --check-config imports the application anyway
+
     try:
         enter_app_directory(config)
-        load_at_start(config)
-        StaticFiles.from_config(config)
+        check_at_start(config)
         if config.user is not None or config.group is not None:
             resolve_ids(config)
         if config.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:

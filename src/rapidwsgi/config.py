@@ -23,7 +23,6 @@ from . import __version__
 from .errors import BindError, ConfigError
 from .forwarded import DEFAULT_HEADERS, PROXY_HEADERS, validate_spec
 from .sockets import parse_address
-from .static import validate_mounts
 
 ENV_PREFIX: Final = "RAPIDWSGI_"
 #: A server hook (hooks.py).
@@ -119,6 +118,16 @@ def _protocols(value: list[str]) -> str | None:
 def _proxy_headers(value: list[str]) -> str | None:
     bad = [h for h in value if h.lower() not in PROXY_HEADERS]
     return f"unknown header {bad[0]!r}; expected some of {', '.join(PROXY_HEADERS)}" if bad else None
+
+
+def _static_mounts(value: list[str]) -> str | None:
+    """``static.validate_mounts``, imported only when there is a mount to check: the
+    static responder imports the WSGI modules, which the master does not need."""
+    if not value:
+        return None
+    from .static import validate_mounts
+
+    return validate_mounts(value)
 
 
 def _workers(text: str) -> int:
@@ -702,7 +711,7 @@ class Config:
         section="Static files",
         metavar="URL_PREFIX=DIRECTORY",
         default_factory=list,
-        validate=validate_mounts,
+        validate=_static_mounts,
     )
     static_max_age: int = setting(
         60,

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .events import Request, Response
 from .log import error_log
+
+if TYPE_CHECKING:  # annotations only: the master, which runs hooks too, never needs them
+    from .events import Request, Response
 
 #: Every hook, in the order of a server's life.
 HOOKS: Final = (

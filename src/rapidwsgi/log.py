@@ -10,7 +10,6 @@ control bytes cannot forge log lines.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from email.utils import formatdate
 from typing import IO, Any, Final, TextIO
 
 ERROR_LOGGER: Final = "rapidwsgi.error"
@@ -75,6 +73,8 @@ class JSONFormatter(logging.Formatter):
 
 def iso_time(seconds: float) -> str:
     """Local time, ISO 8601 with milliseconds and the UTC offset."""
+    import datetime  # the JSON error log only: not imported by a master without it
+
     return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
 
 
@@ -124,6 +124,10 @@ class Clock:
         self.now = time.monotonic()
         wall = time.time()
         if int(wall) != int(self.wall) or not self.log_time:
+            # Imported here, at most once a second, not at the top: only the workers keep
+            # a Clock, and email.utils costs the master about 1 MiB.
+            from email.utils import formatdate
+
             date = (
                 b"Date: " + formatdate(wall, usegmt=True).encode("ascii") + b"\r\n"
                 if self._date_enabled

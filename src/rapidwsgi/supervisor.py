@@ -51,8 +51,8 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import faulthandler
+import gc
 import os
 import random
 import select
@@ -61,26 +61,32 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
+# The master imports only what supervising needs: the worker (its event loop, uvloop,
+# the protocol, WSGI and static modules), the loader and the application are imported
+# in the worker or zygote process, after the fork (load_app and worker_process below);
+# the exporter, the metrics slots, the reloader and ctypes only when their option is on.
+# tests/test_master_imports.py holds the master to it.
 from . import __version__, hooks
 from .config import Config
 from .errors import AppLoadError, ExitCode
-from .exporter import Exporter
-from .loader import load_app
 from .log import error_log, errors_stream, reopen_error_log
-from .metrics import Slots
 from .processes import Processes
 from .processes import close_quietly as _close_quietly
 from .processes import describe_exit as _describe_exit
 from .processes import drain as _drain
 from .processes import flush_and_exit as _flush_and_exit
 from .processes import fork as _fork  # noqa: F401 (tests/test_supervisor.py imports it from here)
-from .reloader import Reloader
 from .sockets import describe
-from .worker import Supervision, Worker
-from .wsgi import WSGIApp
+from .supervision import Supervision
 from .zygote import Zygotes
+
+if TYPE_CHECKING:
+    from .exporter import Exporter
+    from .metrics import Slots
+    from .reloader import Reloader
+    from .wsgi import WSGIApp
 
 #: Seconds between SIGABRT (traceback) and SIGKILL for a worker the watchdog stops.
 KILL_GRACE: Final = 2.0
@@ -239,7 +245,11 @@ class Master:
         self._spawn_counter = 0
         self._unix_paths = list(unlink_at_exit)
         self._wake_r, self._wake_w = os.pipe()
-        self.reloader = Reloader(config) if config.reload else None
+        self.reloader: Reloader | None = None
+        if config.reload:
+            from .reloader import Reloader
+
+            self.reloader = Reloader(config)
         self._next_reload_check = 0.0
         self.started = clock()
         #: Workers replaced, by cause, and reloads by outcome (the metrics).
@@ -248,6 +258,9 @@ class Master:
         self.slots: Slots | None = None
         self.exporter: Exporter | None = None
         if config.metrics_bind or config.statsd_host:
+            from .exporter import Exporter
+            from .metrics import Slots
+
             self.slots = Slots()
             self.exporter = Exporter(
                 self, self.slots, metrics_socket, config.statsd_host, config.statsd_prefix
@@ -734,6 +747,8 @@ class Master:
     # ------------------------------------------------------------------ zygotes
 
     def _become_subreaper(self) -> None:
+        import ctypes  # --preload only
+
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -955,6 +970,14 @@ class Master:
 # ---------------------------------------------------------------------- children
 
 
+def load_app(spec: str) -> WSGIApp:
+    """:func:`rapidwsgi.loader.load_app`, imported on first use: in a worker or a zygote
+    (after the fork), never in the master (the loader imports the WSGI modules)."""
+    from .loader import load_app as load
+
+    return load(spec)
+
+
 def worker_process(
     config: Config,
     sockets: list[socket.socket],
@@ -965,8 +988,18 @@ def worker_process(
 ) -> NoReturn:
     """The body of a worker process (after fork): load the app if needed, serve, exit.
     ``server`` and ``info``: what the hooks get as ``server`` and ``worker``."""
+    # First, before anything allocates: what this process inherited from its parent (the
+    # master, or the zygote with the application) stays shared copy-on-write. Without
+    # it, the next collection (Worker.run's gc.collect(), then any later one) writes the
+    # GC header of every inherited object, copying each page they live on.
+    gc.freeze()
     faulthandler.enable(all_threads=True)  # SIGABRT from the watchdog prints tracebacks
     random.seed()
+    # Imported after the fork, before the application as the master used to (the master
+    # never imports it); a zygote's workers have it already (zygote_process).
+    from .worker import Worker, import_event_loop
+
+    import_event_loop(config.loop)
     if info is None:
         info = hooks.WorkerInfo(0, 0, config)
     info.started()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import gc
 import os
 import select
 import signal
@@ -43,7 +44,7 @@ from .processes import Processes, close_quietly, describe_exit, drain, flush_and
 if TYPE_CHECKING:
     from .config import Config
     from .metrics import Slots
-    from .worker import Supervision
+    from .supervision import Supervision
     from .wsgi import WSGIApp
 
 #: The largest message either side sends ("spawn N MAX_REQUESTS SLOT" with 64-bit numbers
@@ -401,9 +402,11 @@ def zygote_process(
 ) -> NoReturn:
     """Import the application once, then fork workers on the master's request (rules 1,
     2 and 5). ``worker_body`` runs each worker; ``server``: the hooks' ``server``."""
+    gc.freeze()  # what the master gave it stays shared (see supervisor.worker_process)
     # The master imports none of these (the application's modules are the zygote's).
     from .loader import load_app
-    from .worker import Supervision
+    from .supervision import Supervision
+    from .worker import import_event_loop
 
     faulthandler.enable(all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -419,6 +422,9 @@ def zygote_process(
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGUSR1, record_usr1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # see processes.fork()
+    # What every worker imports, once here (before the application, as a worker does):
+    # the workers forked from the zygote share it.
+    import_event_loop(config.loop)
     try:
         app = load_app(config.app or "")
     except AppLoadError as exc:
