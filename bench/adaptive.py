@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import HOST, KeepAliveClient, free_port, log, percentile, spawn_logged, write_atomic
+from common import HOST, KeepAliveClient, children, free_port, log, percentile, spawn_logged, write_atomic
 from run import server_env, stop_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,13 +96,6 @@ def run_phase(port: int, phase: Phase, seconds: float, per_connection: int) -> N
         t.join(seconds + 30)
 
 
-def worker_count(master: int) -> int:
-    try:
-        return len(Path(f"/proc/{master}/task/{master}/children").read_text().split())
-    except OSError:
-        return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phases", default="15,20,20", help="seconds of each phase (c=2, c=20, c=2)")
@@ -145,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seen = 0
                 while True:
                     now = round(time.monotonic() - start, 2)
-                    counts.append((now, worker_count(proc.pid)))
+                    counts.append((now, len(children(proc.pid))))
                     lines = logfile.read_text(errors="replace").splitlines()
                     for line in lines[seen:]:
                         m = DECISION.search(line)

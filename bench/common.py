@@ -462,3 +462,11 @@ def rss_kib(pids: Sequence[int]) -> int:
         found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
         total += int(found.group(1)) if found else 0
     return total
+
+
+def children(pid: int) -> list[int]:
+    """The child PIDs of ``pid`` (its workers, for a master); [] once it is gone."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []

@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common import children, rss_kib
+
 BENCH_DIR = Path(__file__).resolve().parent
 APPS_DIR = BENCH_DIR / "apps"
 #: (label, application, more arguments) measured.
@@ -38,14 +40,6 @@ _ZYGOTE = re.compile(r"Preloading the application in zygote (\d+)")
 MASTER_IMPORTS = "import rapidwsgi.cli, rapidwsgi.supervisor"
 
 
-def vm_rss_kib(pid: int) -> int:
-    """``VmRSS`` of ``pid`` in KiB (the resident set: anonymous, file and shared pages)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def memory_kib(pid: int) -> tuple[int, int, int]:
     """(RSS, PSS, USS) of ``pid`` in KiB, from ``/proc/PID/smaps_rollup``.
 
@@ -58,10 +52,6 @@ def memory_kib(pid: int) -> tuple[int, int, int]:
         name, _, rest = line.partition(":")
         fields[name] = int(rest.split()[0])
     return fields["Rss"], fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 class Server:
@@ -150,7 +140,7 @@ def interpreter_kib(python: str, code: str) -> int:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{python} -c {code!r} failed")
-        return vm_rss_kib(proc.pid)
+        return rss_kib([proc.pid])
     finally:
         assert proc.stdin is not None
         proc.stdin.close()

@@ -25,7 +25,8 @@ from .sockets import bind, chown_unix_sockets, parse_address, systemd_sockets
 from .supervisor import Master
 
 # The master imports only what supervising needs (supervisor.py): the checks at start
-# below import the TLS, static and loader modules only when their option asks for them.
+# below import the TLS, static and loader modules only when their option asks for them;
+# the serving modules are imported by import_worker_modules, for the workers' sake.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BindError as exc:
         error_log.error("%s", exc)
         return ExitCode.BIND
-    if config.user is not None or config.group is not None:
+    if not config.preload or config.user is not None or config.group is not None:
+        # Not with --preload: the zygote imports them (and its workers share its copy).
         import_worker_modules(config)
     raise_open_files_limit()
     try:
@@ -106,12 +108,15 @@ def check_at_start(config: Config) -> None:
 
 def import_worker_modules(config: Config) -> None:
     """Import what a worker imports after the fork (the worker module, the protocol,
-    WSGI and static modules, the event loop) here, in the master, before ``--user``
-    drops privileges: after the switch, an installation only root can read would fail
-    in every worker with a traceback, or silently fall back from uvloop to asyncio.
-    The application itself is still imported by the workers (or the ``--preload``
-    zygote), as the new user. Without ``--user``/``--group`` nothing is imported here,
-    so the master stays small (supervisor.py)."""
+    WSGI and static modules, the event loop), not the application, here in the master.
+
+    Without ``--preload``: the workers forked from the master then share one copy of
+    them, copy-on-write (each importing its own costs about 3 MiB of private memory per
+    worker, more than the master saves; bench/rss.py). With ``--user``/``--group``
+    (also with ``--preload``): imported before the privileges are dropped, because after
+    the switch an installation only root can read would fail in every worker with a
+    traceback, or silently fall back from uvloop to asyncio. Otherwise (``--preload``)
+    nothing is imported here: the zygote imports them."""
     from . import loader  # noqa: F401
     from .worker import import_event_loop
 

@@ -67,6 +67,8 @@ from typing import TYPE_CHECKING, Final, NoReturn
 # the protocol, WSGI and static modules), the loader and the application are imported
 # in the worker or zygote process, after the fork (load_app and worker_process below);
 # the exporter, the metrics slots, the reloader and ctypes only when their option is on.
+# (Without --preload, cli.import_worker_modules imports the serving modules, not the
+# application, before the first fork, so that the workers share them.)
 # tests/test_master_imports.py holds the master to it.
 from . import __version__, hooks
 from .config import Config
