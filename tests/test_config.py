@@ -49,6 +49,7 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "health_path": ("/healthz", "/healthz"),
         "reload_extra_files": ("settings.ini,templates/base.html", ["settings.ini", "templates/base.html"]),
         "reload_include": ("*.html", ["*.html"]),
+        "pythonpath": ("lib, vendor/lib", ["lib", "vendor/lib"]),
     }
     if f.name in by_name:
         return by_name[f.name]

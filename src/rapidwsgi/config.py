@@ -188,6 +188,7 @@ def _non_empty_items(what: str, example: str) -> Callable[[list[str]], str | Non
 
 _reload_files: Final = _non_empty_items("file name", "templates/base.html")
 _reload_globs: Final = _non_empty_items("pattern", "*.html")
+_directories: Final = _non_empty_items("directory", "lib")
 
 
 def _umask(value: int) -> str | None:
@@ -225,11 +226,14 @@ class Config:
         section="Application",
         metavar="DIR",
     )
-    pythonpath: str | None = setting(
-        None,
-        help="Comma-separated directories to add to sys.path before loading the application.",
+    pythonpath: list[str] = setting(
+        help="Directories to put first on sys.path (in this order) before loading the "
+        "application. Comma-separated, repeatable (gunicorn's --pythonpath).",
         section="Application",
         metavar="DIRS",
+        parse=_comma_list,
+        default_factory=list,
+        validate=_directories,
     )
     root_path: str = setting(
         "",
