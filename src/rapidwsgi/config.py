@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from . import __version__
 from .errors import BindError, ConfigError
+from .events import PROTOCOLS
 from .forwarded import DEFAULT_HEADERS, PROXY_HEADERS, validate_spec
 from .sockets import parse_address
 from .static import validate_mounts
@@ -97,9 +98,6 @@ def _octal(text: str) -> int:
     if text.startswith("0") and text[:2].lower() not in ("0o", "0x"):
         return int(text, 8)
     return int(text, 0)
-
-
-PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
 
 
 def _cert_reqs(text: str) -> str:

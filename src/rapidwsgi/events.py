@@ -13,6 +13,12 @@ from __future__ import annotations
 
 from typing import Final
 
+#: The ``--protocol`` names of the front-ends, in the order of their
+#: ``ServerConnection.METRICS_PROTOCOL`` index: the one list that ``config`` validates
+#: against, ``metrics`` labels its counters with and ``worker.WIRE_PROTOCOLS`` maps to
+#: the front-end classes.
+PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
+
 #: Request fields through which a proxy speaks for the client (lower-case, as on the
 #: wire): what ``--trusted-proxy-headers`` may name, and X-Forwarded-By, which is only
 #: ever cleared (``forwarded.PROXY_HEADERS``).

@@ -28,7 +28,7 @@ from typing import Any, Final, cast
 from . import __version__
 from .config import Config
 from .connection import C_PATH_DEFAULT, HTTPConnection, ServerContext
-from .events import Request, Response
+from .events import PROTOCOLS, Request, Response
 from .forwarded import ForwardingPolicy, TrustedPeers
 from .hooks import HookRequest, HookResponse, WorkerInfo
 from .hooks import run as run_hook
@@ -52,11 +52,10 @@ BUSY_LATENESS: Final = 0.005
 #: Listening handles per socket: connections a worker accepts per loop iteration at most.
 ACCEPT_HANDLES: Final = 4
 
-#: The wire protocol class for each ``--protocol`` name.
+#: The wire protocol class for each ``--protocol`` name (``events.PROTOCOLS``, the one
+#: list of names, indexed by each class's ``METRICS_PROTOCOL``).
 WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = {
-    "http": H1Connection,
-    "uwsgi": UwsgiConnection,
-    "fastcgi": FastCGIConnection,
+    PROTOCOLS[wire.METRICS_PROTOCOL]: wire for wire in (H1Connection, UwsgiConnection, FastCGIConnection)
 }
 
 
