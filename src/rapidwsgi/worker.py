@@ -52,11 +52,13 @@ BUSY_LATENESS: Final = 0.005
 #: Listening handles per socket: connections a worker accepts per loop iteration at most.
 ACCEPT_HANDLES: Final = 4
 
-#: The wire protocol class for each ``--protocol`` name (``events.PROTOCOLS``, the one
-#: list of names, indexed by each class's ``METRICS_PROTOCOL``).
-WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = {
-    PROTOCOLS[wire.METRICS_PROTOCOL]: wire for wire in (H1Connection, UwsgiConnection, FastCGIConnection)
-}
+#: The wire protocol class for each ``--protocol`` name: ``events.PROTOCOLS``, the one list
+#: of names, in its order, which is each class's ``METRICS_PROTOCOL`` index (an instance
+#: attribute once mypyc compiles the classes, so it cannot be read here: held together
+#: by tests/test_metrics.py).
+WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = dict(
+    zip(PROTOCOLS, (H1Connection, UwsgiConnection, FastCGIConnection), strict=True)
+)
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
