@@ -19,20 +19,21 @@ from typing import Final
 #: the front-end classes.
 PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
 
-#: Request fields through which a proxy speaks for the client (lower-case, as on the
-#: wire): what ``--trusted-proxy-headers`` may name, and X-Forwarded-By, which is only
-#: ever cleared (``forwarded.PROXY_HEADERS``).
-FORWARDING_FIELDS: Final = frozenset(
-    (
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-forwarded-by",
-        b"x-real-ip",
-    )
+#: Request fields through which a proxy speaks for the client, lower-case as on the wire:
+#: the one list. ``forwarded.PROXY_HEADERS`` (what ``--trusted-proxy-headers`` may name,
+#: in this order) is every one but X-Forwarded-By, which is only ever cleared
+#: (``forwarded.CLEARED_ONLY``); the HTTP/1.1 parsers set ``Request.forwarded`` for any
+#: of them (``_cfast.c``'s field table is held to this list by tests/test_environ_builder.py).
+FORWARDING_NAMES: Final = (
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-real-ip",
+    b"x-forwarded-by",
 )
+FORWARDING_FIELDS: Final = frozenset(FORWARDING_NAMES)
 
 
 class Request:

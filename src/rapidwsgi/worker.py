@@ -41,7 +41,7 @@ from .protocols.uwsgi import UwsgiConnection
 from .sockets import describe, reuse_port_twin
 from .static import StaticFiles
 from .tls import worker_context
-from .wsgi import Environ, FileWrapper, WSGIApp
+from .wsgi import Environ, WSGIApp, process_environ
 
 TICK: Final = 1.0
 #: Inline mode, --workers-max: a beat that fires this much later than it was due found the
@@ -88,19 +88,13 @@ def rss_bytes() -> int:
 
 
 def base_environ(config: Config, errors: object) -> Environ:
-    """The environ keys that are the same for every request of this process."""
-    return {
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": errors,
-        "wsgi.multithread": config.threads > 1,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.file_wrapper": FileWrapper,
-        "wsgi.input_terminated": True,
-        "SERVER_SOFTWARE": f"rapidwsgi/{__version__}",
-        "SCRIPT_NAME": config.root_path.rstrip("/"),
-    }
+    """Stage 1 of the environ (``wsgi.process_environ``) from this process's settings."""
+    return process_environ(
+        errors=errors,
+        multithread=config.threads > 1,
+        script_name=config.root_path,
+        software=f"rapidwsgi/{__version__}",
+    )
 
 
 class Supervision:
