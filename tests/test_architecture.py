@@ -29,7 +29,7 @@ RANKS = {
     "rapidwsgi.events": 1,
     "rapidwsgi.protocols": 2,
     "rapidwsgi.wsgi": 3,
-    "rapidwsgi.forwarded": 3,
+    "rapidwsgi.forwarded": 2.5,  # the trust model (below wsgi, whose last environ stage applies it)
     "rapidwsgi.log": 3,
     "rapidwsgi.bridge": 4,
     "rapidwsgi.hooks": 4,  # the server hooks (events and the log only)

@@ -49,6 +49,7 @@ def _sample(f: dataclasses.Field[Any]) -> tuple[str, Any]:
         "health_path": ("/healthz", "/healthz"),
         "reload_extra_files": ("settings.ini,templates/base.html", ["settings.ini", "templates/base.html"]),
         "reload_include": ("*.html", ["*.html"]),
+        "pythonpath": ("lib, vendor/lib", ["lib", "vendor/lib"]),
     }
     if f.name in by_name:
         return by_name[f.name]
@@ -555,3 +556,17 @@ def test_load_app_refuses_a_non_callable_object() -> None:
 def test_load_app_refuses_malformed_specs(spec: str) -> None:
     with pytest.raises(AppLoadError, match="invalid application"):
         load_app(spec)
+
+
+def test_pythonpath_is_a_list_setting_like_the_others(tmp_path: Path) -> None:
+    # Command line: comma-separated and repeatable (gunicorn's --pythonpath a,b).
+    config = Config.load(["--pythonpath", "lib, vendor", "--pythonpath", "extra", "mod:app"], environ={})
+    assert config.pythonpath == ["lib", "vendor", "extra"]
+    assert Config.load(["mod:app"], environ={"RAPIDWSGI_PYTHONPATH": "a,b"}).pythonpath == ["a", "b"]
+    assert Config.load(["mod:app"], environ={}).pythonpath == []
+    # A config file gives a list, as for every list setting; a string is refused.
+    assert Config.from_values({"pythonpath": ["lib", "vendor"]}).pythonpath == ["lib", "vendor"]
+    with pytest.raises(ConfigError, match="'pythonpath': expected list"):
+        Config.from_values({"pythonpath": "lib,vendor"})
+    with pytest.raises(ConfigError, match="an empty directory names nothing"):
+        Config.from_values({"pythonpath": ["lib", " "]})

@@ -1,4 +1,4 @@
-"""Trusted proxies: TrustedPeers, apply_forwarded, and the PROXY protocol end to end.
+"""Trusted proxies: TrustedPeers, ForwardingPolicy (wsgi.forward_environ), the PROXY protocol end to end.
 
 Unit tests of ``rapidwsgi.forwarded``, then real servers over HTTP: forwarding fields
 from a trusted peer (127.0.0.1 and unix sockets by default) rewrite the environ, from
@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from rapidwsgi.events import FORWARDING_FIELDS
-from rapidwsgi.forwarded import _CLEARED_ONLY, PROXY_HEADERS, ForwardingPolicy, TrustedPeers, validate_spec
+from rapidwsgi.forwarded import CLEARED_ONLY, PROXY_HEADERS, ForwardingPolicy, TrustedPeers, validate_spec
 from rapidwsgi.protocols.http1._semantics import request_from_head
+from rapidwsgi.wsgi import forward_environ
 from tests.conftest import ServerProcess
 from tests.fuzz_gateway import uwsgi_packet
 from tests.rawhttp import RawConnectionExtras, ServerPool, get, wait_until
@@ -87,7 +88,7 @@ def forwarded(policy: ForwardingPolicy = EVERY_FIELD, **headers: str) -> dict[st
         "HTTP_HOST": "internal:8000",
     }
     environ.update({f"HTTP_{name.upper()}": value for name, value in headers.items()})
-    policy.apply(environ)
+    forward_environ(environ, policy)
     return environ
 
 
@@ -273,7 +274,15 @@ def test_with_a_wildcard_the_client_is_the_right_most_entry_not_the_left_most() 
 
 def test_the_parsers_forwarding_fields_are_exactly_the_policys_plus_x_forwarded_by() -> None:
     assert {name.encode() for name in PROXY_HEADERS} | {b"x-forwarded-by"} == FORWARDING_FIELDS
-    assert _CLEARED_ONLY == ("HTTP_X_FORWARDED_BY",)
+    assert CLEARED_ONLY == ("x-forwarded-by",)
+    assert list(PROXY_HEADERS.items()) == [
+        ("forwarded", "HTTP_FORWARDED"),
+        ("x-forwarded-for", "HTTP_X_FORWARDED_FOR"),
+        ("x-forwarded-proto", "HTTP_X_FORWARDED_PROTO"),
+        ("x-forwarded-host", "HTTP_X_FORWARDED_HOST"),
+        ("x-forwarded-port", "HTTP_X_FORWARDED_PORT"),
+        ("x-real-ip", "HTTP_X_REAL_IP"),
+    ]
 
 
 @pytest.mark.parametrize("field", sorted(FORWARDING_FIELDS))

@@ -42,6 +42,19 @@ def test_each_front_end_has_its_protocol_label() -> None:
     assert [metrics.PROTOCOLS[w.METRICS_PROTOCOL] for w in wires] == ["http", "uwsgi", "fastcgi"]
 
 
+def test_each_protocol_name_serves_the_front_end_it_labels() -> None:
+    # One list of names (events.PROTOCOLS): --protocol's choices, the metrics labels and
+    # the worker's front-end classes all come from it.
+    from rapidwsgi.config import PROTOCOLS as CONFIG_PROTOCOLS
+    from rapidwsgi.events import PROTOCOLS
+    from rapidwsgi.worker import WIRE_PROTOCOLS
+
+    assert CONFIG_PROTOCOLS == metrics.PROTOCOLS == PROTOCOLS == ("http", "uwsgi", "fastcgi")
+    assert list(WIRE_PROTOCOLS) == list(PROTOCOLS)
+    labels = [PROTOCOLS[WIRE_PROTOCOLS[name](Limits()).METRICS_PROTOCOL] for name in PROTOCOLS]
+    assert labels == list(PROTOCOLS)
+
+
 def test_the_layout_fits_and_nothing_overlaps() -> None:
     assert metrics.WORDS * 8 <= metrics.RECORDS_AT
     assert metrics.RECORDS_AT + metrics.RECORDS * metrics.RECORD_BYTES == metrics.SLOT_BYTES

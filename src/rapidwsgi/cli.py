@@ -132,10 +132,8 @@ def enter_app_directory(config: Config) -> None:
             raise ConfigError(f"cannot change directory to {config.chdir!r}: {exc.strerror}") from None
     # Like gunicorn: the working directory's modules are importable.
     sys.path.insert(0, os.getcwd())
-    if config.pythonpath:
-        for path in reversed(config.pythonpath.split(",")):
-            if path.strip():
-                sys.path.insert(0, os.path.abspath(path.strip()))
+    for path in reversed(config.pythonpath):
+        sys.path.insert(0, os.path.abspath(path))
 
 
 def check_config(config: Config) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from . import __version__
 from .errors import BindError, ConfigError
+from .events import PROTOCOLS
 from .forwarded import DEFAULT_HEADERS, PROXY_HEADERS, validate_spec
 from .sockets import parse_address
 
@@ -96,9 +97,6 @@ def _octal(text: str) -> int:
     if text.startswith("0") and text[:2].lower() not in ("0o", "0x"):
         return int(text, 8)
     return int(text, 0)
-
-
-PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
 
 
 def _cert_reqs(text: str) -> str:
@@ -197,6 +195,7 @@ def _non_empty_items(what: str, example: str) -> Callable[[list[str]], str | Non
 
 _reload_files: Final = _non_empty_items("file name", "templates/base.html")
 _reload_globs: Final = _non_empty_items("pattern", "*.html")
+_directories: Final = _non_empty_items("directory", "lib")
 
 
 def _umask(value: int) -> str | None:
@@ -234,11 +233,14 @@ class Config:
         section="Application",
         metavar="DIR",
     )
-    pythonpath: str | None = setting(
-        None,
-        help="Comma-separated directories to add to sys.path before loading the application.",
+    pythonpath: list[str] = setting(
+        help="Directories to put first on sys.path (in this order) before loading the "
+        "application. Comma-separated, repeatable (gunicorn's --pythonpath).",
         section="Application",
         metavar="DIRS",
+        parse=_comma_list,
+        default_factory=list,
+        validate=_directories,
     )
     root_path: str = setting(
         "",

@@ -89,9 +89,13 @@ from .wsgi import (
     _parse_status,
     _status_cache,
     buffered_input,
-    build_environ,
+    connection_environ,
+    environ_template,
     error_response,
+    forward_environ,
     header_parts,
+    request_environ,
+    set_client,
 )
 
 try:
@@ -221,7 +225,9 @@ class ServerContext:
         self.static = static
         self.loop = loop
         self.base_environ = base_environ
-        self.environ_template = environ_template(base_environ)
+        #: Stage 1 of the environ (wsgi.py) for plain and for TLS listeners.
+        self.environ_template = _presized(environ_template(base_environ))
+        self.tls_environ_template = _presized(environ_template(base_environ, tls=True))
         self.limits = limits
         self.clock = clock
         self.executor = executor
@@ -524,51 +530,12 @@ class ServerContext:
 TEMPLATE_SPARE: Final = 32
 
 
-def environ_template(base: Environ) -> Environ:
-    """What each connection's base environ is copied from: ``base`` (the process's keys),
-    the per-connection keys (``connection_environ``) and the keys every request sets,
-    with their commonest values (GET, no query, HTTP/1.1, no body). Every request
-    overwrites the request keys (``build_environ``; the C path skips writing a value
-    that is already right), and the table has room for a browser's header fields, so
-    copying the template is one table copy, never a resize."""
-    template = {
-        **base,
-        "SERVER_NAME": "",
-        "SERVER_PORT": "",
-        "REMOTE_ADDR": "",
-        "REMOTE_PORT": "",
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "",
-        "QUERY_STRING": "",
-        "RAW_URI": "",
-        "REQUEST_URI": "",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.input": EMPTY_INPUT,
-    }
+def _presized(template: Environ) -> Environ:
+    """``template`` with room for a browser's header fields, so that copying it (one
+    per connection, one per request) is one table copy, never a resize."""
     if C_PATH_AVAILABLE:
         return _cfast.presized(template, TEMPLATE_SPARE)
     return template
-
-
-def connection_environ(base: Environ, transport: asyncio.BaseTransport) -> Environ:
-    """The per-connection environ keys: SERVER_NAME/PORT and REMOTE_ADDR/PORT (``base``
-    is the context's ``environ_template``)."""
-    env = base.copy()
-    sockname = transport.get_extra_info("sockname")
-    peername = transport.get_extra_info("peername")
-    if isinstance(sockname, tuple):
-        env["SERVER_NAME"] = str(sockname[0])
-        env["SERVER_PORT"] = str(sockname[1])
-    else:  # unix socket: no port; HTTP_HOST is what URL building uses anyway
-        env["SERVER_NAME"] = "localhost"
-        env["SERVER_PORT"] = "0"
-    if isinstance(peername, tuple):
-        env["REMOTE_ADDR"] = str(peername[0])
-        env["REMOTE_PORT"] = str(peername[1])
-    else:
-        env["REMOTE_ADDR"] = ""
-        env["REMOTE_PORT"] = ""
-    return env
 
 
 class HTTPConnection:
@@ -598,7 +565,8 @@ class HTTPConnection:
         # Over TLS the bytes must pass through the TLS layer: no sendfile.
         self._raw_ok = self.wire.RAW_BODY_OK and not tls
         self._tls = tls
-        self._forwarding = False  # apply X-Forwarded-* / Forwarded (a trusted HTTP peer)
+        #: The forwarding policy to apply (a trusted HTTP peer), or None.
+        self._forwarding: ForwardingPolicy | None = None
         self._peer_trusted = False
         #: The peer is on this host (loopback or a unix socket): see StaticFiles.sendfile.
         self._same_host = False
@@ -656,14 +624,15 @@ class HTTPConnection:
         # uvloop's transports implement the Transport API without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
-        self._environ_base = connection_environ(ctx.environ_template, self.transport)
-        if self._tls:
-            self._environ_base["wsgi.url_scheme"] = "https"
-            self._environ_base["HTTPS"] = "on"
+        self._environ_base = connection_environ(
+            ctx.tls_environ_template if self._tls else ctx.environ_template,
+            transport.get_extra_info("sockname"),
+            transport.get_extra_info("peername"),
+        )
         peer = self._environ_base["REMOTE_ADDR"] or "unix"
         self._peer_trusted = peer in ctx.trusted
         self._same_host = peer in ("unix", "::1") or peer.startswith(("127.", "::ffff:127."))
-        self._forwarding = self._peer_trusted and not self.wire.GATEWAY
+        self._forwarding = ctx.forwarding if self._peer_trusted and not self.wire.GATEWAY else None
         self._pooled = self.wire.GATEWAY
         self._proxy_pending = ctx.proxy_protocol
         ctx.connection_opened(self)
@@ -762,11 +731,10 @@ class HTTPConnection:
         self._pooled = True
         if header.source is not None:
             address, port = header.source
-            self._environ_base["REMOTE_ADDR"] = address
-            self._environ_base["REMOTE_PORT"] = str(port)
+            set_client(self._environ_base, address, port)
             # The forwarding fields of the client itself are not to be trusted.
             self._peer_trusted = address in self.ctx.trusted
-            self._forwarding = self._peer_trusted and not self.wire.GATEWAY
+            self._forwarding = self.ctx.forwarding if self._peer_trusted and not self.wire.GATEWAY else None
         return buf[header.consumed :]
 
     def eof_received(self) -> bool:
@@ -956,9 +924,9 @@ class HTTPConnection:
         assert request is not None
         ctx = self.ctx
         if environ is None:
-            environ = build_environ(self._environ_base, request, wsgi_input)
+            environ = request_environ(self._environ_base, request, wsgi_input, self._forwarding)
             if request.forwarded:
-                self._c_forwarded(environ)
+                self._pooled = True  # a proxy: see _c_forwarded
         self._begin_exchange(environ)
         head_request = request.method == b"HEAD"
         static = ctx.static
@@ -1009,7 +977,9 @@ class HTTPConnection:
         read, and the connection closes after the answer (RFC 9110 §15.6.4)."""
         ctx = self.ctx
         if environ is None:
-            environ = build_environ(self._environ_base, request, EMPTY_INPUT)
+            environ = request_environ(self._environ_base, request, EMPTY_INPUT, self._forwarding)
+            if request.forwarded:
+                self._pooled = True  # a proxy: see _c_forwarded
         if ctx.meter is not None:
             ctx.meter.count(metrics.SHED)
         has_body = request.has_body
@@ -1070,10 +1040,10 @@ class HTTPConnection:
     def _c_forwarded(self, environ: Environ) -> None:
         """A request with forwarding fields: a peer that forwards for clients is a
         proxy, which pools its connections to us (see begin_shutdown), trusted or not;
-        only a trusted one is believed (forwarded.py)."""
+        only a trusted one is believed (stage 4 of the environ, wsgi.forward_environ)."""
         self._pooled = True
-        if self._forwarding:
-            self.ctx.forwarding.apply(environ)
+        if self._forwarding is not None:
+            forward_environ(environ, self._forwarding)
 
     def _c_dispatch(self, request: Request, environ: Environ) -> None:
         """Parsed and built in C; run here (threaded, or inline while a helper thread

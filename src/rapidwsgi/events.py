@@ -13,20 +13,27 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Request fields through which a proxy speaks for the client (lower-case, as on the
-#: wire): what ``--trusted-proxy-headers`` may name, and X-Forwarded-By, which is only
-#: ever cleared (``forwarded.PROXY_HEADERS``).
-FORWARDING_FIELDS: Final = frozenset(
-    (
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-forwarded-by",
-        b"x-real-ip",
-    )
+#: The ``--protocol`` names of the front-ends, in the order of their
+#: ``ServerConnection.METRICS_PROTOCOL`` index: the one list that ``config`` validates
+#: against, ``metrics`` labels its counters with and ``worker.WIRE_PROTOCOLS`` maps to
+#: the front-end classes.
+PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
+
+#: Request fields through which a proxy speaks for the client, lower-case as on the wire:
+#: the one list. ``forwarded.PROXY_HEADERS`` (what ``--trusted-proxy-headers`` may name,
+#: in this order) is every one but X-Forwarded-By, which is only ever cleared
+#: (``forwarded.CLEARED_ONLY``); the HTTP/1.1 parsers set ``Request.forwarded`` for any
+#: of them (``_cfast.c``'s field table is held to this list by tests/test_environ_builder.py).
+FORWARDING_NAMES: Final = (
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-real-ip",
+    b"x-forwarded-by",
 )
+FORWARDING_FIELDS: Final = frozenset(FORWARDING_NAMES)
 
 # How a message body is delimited: ``Request.framing``, decided by the front-end when it
 # builds the request (never changed afterwards), and the response framing that

@@ -2,11 +2,12 @@
 
 Contract: :class:`TrustedPeers` answers whether a peer address (or ``"unix"`` for a
 unix socket) is in ``--forwarded-allow-ips`` (addresses, CIDR ranges, ``unix``, ``*``).
-:class:`ForwardingPolicy` rewrites the environ of a trusted peer's request from the
-forwarding fields that ``--trusted-proxy-headers`` says the proxy sets (by default
-exactly what deploy/nginx/proxy.conf sets: ``X-Forwarded-For``, ``-Proto``, ``-Host``)
-and, with ``--clear-untrusted-proxy-headers``, removes the other forwarding fields, which
-only the client can have written. The client address is the right-most one not itself a
+:class:`ForwardingPolicy` says which forwarding fields a trusted peer is believed for
+(``--trusted-proxy-headers``: by default exactly what deploy/nginx/proxy.conf sets,
+``X-Forwarded-For``, ``-Proto``, ``-Host``) and which are removed, having been written by
+the client (``--clear-untrusted-proxy-headers``); the parsers below read the fields'
+values. The environ rewrite itself is the builder's last stage,
+``wsgi.forward_environ``. The client address is the right-most one not itself a
 trusted proxy, so a client cannot pose as another by sending its own
 ``X-Forwarded-For``. From other peers all these fields stay plain headers.
 """
@@ -15,25 +16,33 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from ._bounded import remember
+from .events import FORWARDING_NAMES
 
 _MAX_CACHED: Final = 1024
 
-#: The forwarding fields ``--trusted-proxy-headers`` may name, with their environ keys.
+#: Forwarding fields cleared from a trusted peer's requests but never applied
+#: (waitress clears X-Forwarded-By too).
+CLEARED_ONLY: Final = ("x-forwarded-by",)
+
+
+def _environ_key(name: str) -> str:
+    # PEP 3333 / CGI: HTTP_ + the name upper-cased, "-" as "_" (as wsgi._environ_key).
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+#: The forwarding fields ``--trusted-proxy-headers`` may name, with their environ keys:
+#: ``events.FORWARDING_NAMES`` but the cleared-only ones.
 PROXY_HEADERS: Final = {
-    "forwarded": "HTTP_FORWARDED",
-    "x-forwarded-for": "HTTP_X_FORWARDED_FOR",
-    "x-forwarded-proto": "HTTP_X_FORWARDED_PROTO",
-    "x-forwarded-host": "HTTP_X_FORWARDED_HOST",
-    "x-forwarded-port": "HTTP_X_FORWARDED_PORT",
-    "x-real-ip": "HTTP_X_REAL_IP",
+    name: _environ_key(name)
+    for name in [raw.decode("ascii") for raw in FORWARDING_NAMES]
+    if name not in CLEARED_ONLY
 }
 #: Exactly what the shipped deploy/nginx/proxy.conf sets (overwrites or appends to).
 DEFAULT_HEADERS: Final = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
-#: Cleared from a trusted peer's requests but never applied (waitress clears it too).
-_CLEARED_ONLY: Final = ("HTTP_X_FORWARDED_BY",)
+_CLEARED_ONLY_KEYS: Final = tuple(_environ_key(name) for name in CLEARED_ONLY)
 
 
 class TrustedPeers:
@@ -93,11 +102,11 @@ def validate_spec(spec: Iterable[str]) -> str | None:
     return None
 
 
-def _split(value: str) -> list[str]:
+def split_items(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _node(value: str) -> tuple[str, str]:
+def node(value: str) -> tuple[str, str]:
     """RFC 7239 §6 node: ``ip``, ``"[v6]:port"``, ``ip:port``; returns (address, port).
 
     The port is ``""`` unless it is a number: an obfuscated port (``_abc``, §6.3) names
@@ -111,10 +120,10 @@ def _node(value: str) -> tuple[str, str]:
         host, _, port = value.partition(":")
     else:
         host, port = value, ""
-    return host, port if _is_port(port) else ""
+    return host, port if is_port(port) else ""
 
 
-def _parse_forwarded(value: str) -> list[dict[str, str]]:
+def parse_forwarded(value: str) -> list[dict[str, str]]:
     """RFC 7239 §4: elements separated by "," with ";"-separated name=value pairs."""
     elements = []
     for element in value.split(","):
@@ -138,7 +147,7 @@ class ForwardingPolicy:
     believed; with ``clear_untrusted`` (waitress's ``clear_untrusted_proxy_headers``)
     it is also removed from the environ, so the application cannot believe it either.
 
-    Applied from a trusted peer (precedence for the address: ``Forwarded``, then
+    Applied (by ``wsgi.forward_environ``) from a trusted peer (precedence for the address: ``Forwarded``, then
     ``X-Forwarded-For``, then ``X-Real-IP``):
 
     * ``forwarded``: RFC 7239 ``for`` (the right-most element whose node is not a
@@ -163,92 +172,29 @@ class ForwardingPolicy:
         if unknown:
             raise ValueError(f"unknown forwarding header {unknown[0]!r}")
         self.headers = names
-        self._forwarded = "forwarded" in names
-        self._for = "x-forwarded-for" in names
-        self._real_ip = "x-real-ip" in names
-        self._proto = "x-forwarded-proto" in names
-        self._host = "x-forwarded-host" in names
-        self._port = "x-forwarded-port" in names
+        # Which fields are believed (read by wsgi.forward_environ).
+        self.use_forwarded = "forwarded" in names
+        self.use_for = "x-forwarded-for" in names
+        self.use_real_ip = "x-real-ip" in names
+        self.use_proto = "x-forwarded-proto" in names
+        self.use_host = "x-forwarded-host" in names
+        self.use_port = "x-forwarded-port" in names
         applied = tuple(key for name, key in PROXY_HEADERS.items() if name in names)
         cleared = tuple(key for name, key in PROXY_HEADERS.items() if name not in names)
-        self._clear = (*cleared, *_CLEARED_ONLY) if clear_untrusted else ()
-        #: The environ keys whose presence makes :meth:`apply` do anything.
-        self._triggers = applied + self._clear
-
-    def apply(self, environ: dict[str, Any]) -> None:
-        """Rewrite ``environ`` of a request from a trusted peer (see the class docstring)."""
-        for key in self._triggers:
-            if key in environ:
-                break
-        else:
-            return  # the common case: a direct client on a trusted address sends none
-        for key in self._clear:
-            environ.pop(key, None)
-        if self._forwarded:
-            forwarded = environ.get("HTTP_FORWARDED")
-            if forwarded:
-                _apply_rfc7239(environ, forwarded, self.trusted)
-                return
-        if self._for and environ.get("HTTP_X_FORWARDED_FOR"):
-            addresses = _split(environ["HTTP_X_FORWARDED_FOR"])
-            client_address = addresses[0] if addresses else ""
-            for address in reversed(addresses):
-                client_address = address
-                if not self.trusted.listed(address):
-                    break
-            if client_address:
-                environ["REMOTE_ADDR"] = client_address
-                environ["REMOTE_PORT"] = ""
-        elif self._real_ip:
-            real_ip = (environ.get("HTTP_X_REAL_IP") or "").strip()
-            if real_ip and _is_address(real_ip):
-                environ["REMOTE_ADDR"] = real_ip
-                environ["REMOTE_PORT"] = ""
-        if self._proto:
-            protos = _split(environ.get("HTTP_X_FORWARDED_PROTO") or "")
-            if protos and protos[-1].lower() in ("http", "https"):
-                environ["wsgi.url_scheme"] = protos[-1].lower()
-        if self._host:
-            hosts = _split(environ.get("HTTP_X_FORWARDED_HOST") or "")
-            if hosts:
-                environ["HTTP_HOST"] = hosts[-1]
-        if self._port:
-            ports = _split(environ.get("HTTP_X_FORWARDED_PORT") or "")
-            if ports and _is_port(ports[-1]):
-                environ["SERVER_PORT"] = ports[-1]
+        #: The environ keys removed from a trusted peer's request before anything applies.
+        self.clear: tuple[str, ...] = (*cleared, *_CLEARED_ONLY_KEYS) if clear_untrusted else ()
+        #: The environ keys whose presence makes the rewrite do anything.
+        self.triggers: tuple[str, ...] = applied + self.clear
 
 
-def _is_port(text: str) -> bool:
+def is_port(text: str) -> bool:
     """Up to 5 ASCII digits: a port, not an RFC 7239 obfuscated identifier or junk."""
     return text.isdigit() and text.isascii() and len(text) <= 5
 
 
-def _is_address(text: str) -> bool:
+def is_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return False
     return True
-
-
-def _apply_rfc7239(environ: dict[str, Any], value: str, trusted: TrustedPeers) -> None:
-    elements = _parse_forwarded(value)
-    if not elements:
-        return
-    client = elements[0]
-    for element in reversed(elements):
-        address, _ = _node(element.get("for", ""))
-        client = element
-        if not trusted.listed(address):
-            break
-    if "for" in client:
-        address, port = _node(client["for"])
-        if address and not address.startswith("_") and address != "unknown":
-            environ["REMOTE_ADDR"] = address
-            environ["REMOTE_PORT"] = port
-    last = elements[-1]
-    proto = last.get("proto", "").lower()
-    if proto in ("http", "https"):
-        environ["wsgi.url_scheme"] = proto
-    if last.get("host"):
-        environ["HTTP_HOST"] = last["host"]

@@ -36,7 +36,11 @@ import threading
 import time
 from typing import Final, Protocol
 
-PROTOCOLS: Final = ("http", "uwsgi", "fastcgi")
+from .events import PROTOCOLS as _PROTOCOLS
+
+#: The protocol label's values (events.PROTOCOLS: ServerConnection.METRICS_PROTOCOL indexes it;
+#: a plain re-export leaves mypyc unable to type it).
+PROTOCOLS: Final = _PROTOCOLS
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 #: Upper bounds (seconds) of the request duration histogram; +Inf is implicit. Finer

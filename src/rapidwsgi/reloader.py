@@ -24,9 +24,7 @@ _SKIP_DIRS = frozenset(
 
 
 def watched_roots(config: Config) -> list[str]:
-    roots = [os.getcwd()]
-    if config.pythonpath:
-        roots += [os.path.abspath(p.strip()) for p in config.pythonpath.split(",") if p.strip()]
+    roots = [os.getcwd(), *(os.path.abspath(path) for path in config.pythonpath)]
     unique: list[str] = []
     for root in roots:
         if not any(root == r or root.startswith(r + os.sep) for r in unique):

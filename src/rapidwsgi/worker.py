@@ -28,7 +28,7 @@ from typing import Any, Final, cast
 from . import __version__
 from .config import Config
 from .connection import C_PATH_DEFAULT, HTTPConnection, ServerContext
-from .events import Request, Response
+from .events import PROTOCOLS, Request, Response
 from .forwarded import ForwardingPolicy, TrustedPeers
 from .hooks import HookRequest, HookResponse, WorkerInfo
 from .hooks import run as run_hook
@@ -42,7 +42,7 @@ from .sockets import describe, reuse_port_twin
 from .static import StaticFiles
 from .supervision import Supervision
 from .tls import worker_context
-from .wsgi import Environ, FileWrapper, WSGIApp
+from .wsgi import Environ, WSGIApp, process_environ
 
 TICK: Final = 1.0
 #: Inline mode, --workers-max: a beat that fires this much later than it was due found the
@@ -53,12 +53,13 @@ BUSY_LATENESS: Final = 0.005
 #: Listening handles per socket: connections a worker accepts per loop iteration at most.
 ACCEPT_HANDLES: Final = 4
 
-#: The wire protocol class for each ``--protocol`` name.
-WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = {
-    "http": H1Connection,
-    "uwsgi": UwsgiConnection,
-    "fastcgi": FastCGIConnection,
-}
+#: The wire protocol class for each ``--protocol`` name: ``events.PROTOCOLS``, the one list
+#: of names, in its order, which is each class's ``METRICS_PROTOCOL`` index (an instance
+#: attribute once mypyc compiles the classes, so it cannot be read here: held together
+#: by tests/test_metrics.py).
+WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = dict(
+    zip(PROTOCOLS, (H1Connection, UwsgiConnection, FastCGIConnection), strict=True)
+)
 
 
 def import_event_loop(kind: str) -> None:
@@ -97,19 +98,13 @@ def rss_bytes() -> int:
 
 
 def base_environ(config: Config, errors: object) -> Environ:
-    """The environ keys that are the same for every request of this process."""
-    return {
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": errors,
-        "wsgi.multithread": config.threads > 1,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.file_wrapper": FileWrapper,
-        "wsgi.input_terminated": True,
-        "SERVER_SOFTWARE": f"rapidwsgi/{__version__}",
-        "SCRIPT_NAME": config.root_path.rstrip("/"),
-    }
+    """Stage 1 of the environ (``wsgi.process_environ``) from this process's settings."""
+    return process_environ(
+        errors=errors,
+        multithread=config.threads > 1,
+        script_name=config.root_path,
+        software=f"rapidwsgi/{__version__}",
+    )
 
 
 class Worker:

@@ -2,9 +2,24 @@
 
 Contract:
 
-* :func:`build_environ` turns a :class:`~rapidwsgi.events.Request` from any front-end
-  into a WSGI environ, starting from a per-connection base dict (server and peer
-  facts computed once per connection, not per request).
+* The environ is built here, and only here, in four stages, each starting from the
+  dict the one before made (so each fact is computed once, where it is known):
+
+  1. per process and listener: :func:`process_environ` (the ``wsgi.*`` constants,
+     SERVER_SOFTWARE, SCRIPT_NAME, ``wsgi.errors``, ``wsgi.file_wrapper``) and
+     :func:`environ_template` (``wsgi.url_scheme``/HTTPS of a TLS listener, and the
+     commonest value of every per-connection and per-request key);
+  2. per connection: :func:`connection_environ` (SERVER_NAME/PORT, REMOTE_ADDR/PORT),
+     :func:`set_client` (the client a PROXY protocol header names);
+  3. per request: :func:`build_environ` (method, path, query, header fields, CGI
+     variables of a gateway, ``wsgi.input``);
+  4. forwarding: :func:`forward_environ` (a trusted proxy's ``Forwarded`` /
+     ``X-Forwarded-*`` / ``X-Real-IP``, as ``forwarded.ForwardingPolicy`` says).
+
+  :func:`request_environ` is stages 3 and 4 for a connection's request. The C path
+  (``_cfast.c``) does stage 3 itself for the requests it serves, from the same stage-2
+  dict, and calls back into stage 4; tests/test_cpath.py holds the two to identical
+  environs.
 * :func:`build_response` validates what an application passed to ``start_response``
   (status line, header names and values as native strings, no CR/LF, no hop-by-hop
   headers) and serialises it once. It is the one response writer every front-end uses;
@@ -30,6 +45,7 @@ from urllib.parse import unquote_to_bytes
 from ._bounded import remember
 from .errors import AppError, ClientDisconnected
 from .events import Request, Response
+from .forwarded import ForwardingPolicy, TrustedPeers, is_address, is_port, node, parse_forwarded, split_items
 
 __all__ = [
     "EMPTY_INPUT",
@@ -37,14 +53,98 @@ __all__ = [
     "StreamInput",
     "build_environ",
     "build_response",
+    "connection_environ",
+    "environ_template",
     "error_response",
+    "forward_environ",
+    "process_environ",
+    "request_environ",
+    "set_client",
 ]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], None]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-# ---------------------------------------------------------------------- environ
+# ------------------------------------------------------- environ, stage 1: listener
+
+
+def process_environ(*, errors: object, multithread: bool, script_name: str, software: str) -> Environ:
+    """The keys that are the same for every request of the process (PEP 3333
+    §"environ Variables"): ``wsgi.*`` constants, SERVER_SOFTWARE, SCRIPT_NAME
+    (``--root-path``, without a trailing slash). ``wsgi.multiprocess`` is False: a
+    worker's requests are not shared with other processes' state."""
+    return {
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": errors,
+        "wsgi.multithread": multithread,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
+        "wsgi.input_terminated": True,
+        "SERVER_SOFTWARE": software,
+        "SCRIPT_NAME": script_name.rstrip("/"),
+    }
+
+
+def environ_template(base: Environ, tls: bool = False) -> Environ:
+    """What each connection of a listener copies its environ from: ``base``
+    (:func:`process_environ`), ``wsgi.url_scheme`` "https" and ``HTTPS`` "on" for a TLS
+    listener, and every key the later stages set, with its commonest value (no peer
+    yet; GET, no query, HTTP/1.1, no body). Every request overwrites the request keys
+    (:func:`build_environ`; the C path skips writing a value that is already right), so
+    the keys are in the table from the start and a copy never grows it for them."""
+    template = {
+        **base,
+        "SERVER_NAME": "",
+        "SERVER_PORT": "",
+        "REMOTE_ADDR": "",
+        "REMOTE_PORT": "",
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "",
+        "QUERY_STRING": "",
+        "RAW_URI": "",
+        "REQUEST_URI": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.input": EMPTY_INPUT,
+    }
+    if tls:
+        template["wsgi.url_scheme"] = "https"
+        template["HTTPS"] = "on"
+    return template
+
+
+# ----------------------------------------------------- environ, stage 2: connection
+
+
+def connection_environ(template: Environ, sockname: object, peername: object) -> Environ:
+    """A connection's environ: a copy of its listener's :func:`environ_template` with
+    SERVER_NAME/PORT (the local address the client reached) and REMOTE_ADDR/PORT (the
+    peer), from the transport's ``sockname`` and ``peername``. A unix socket has no
+    port: SERVER_NAME "localhost", SERVER_PORT "0" (HTTP_HOST is what URL building
+    uses anyway), REMOTE_ADDR and REMOTE_PORT empty."""
+    env = template.copy()
+    if isinstance(sockname, tuple):
+        env["SERVER_NAME"] = str(sockname[0])
+        env["SERVER_PORT"] = str(sockname[1])
+    else:
+        env["SERVER_NAME"] = "localhost"
+        env["SERVER_PORT"] = "0"
+    if isinstance(peername, tuple):
+        env["REMOTE_ADDR"] = str(peername[0])
+        env["REMOTE_PORT"] = str(peername[1])
+    return env
+
+
+def set_client(env: Environ, address: str, port: int) -> None:
+    """The client a trusted peer's PROXY protocol header names replaces the peer in a
+    connection's environ (in place: the C path holds the same dict)."""
+    env["REMOTE_ADDR"] = address
+    env["REMOTE_PORT"] = str(port)
+
+
+# -------------------------------------------------------- environ, stage 3: request
 
 # Request header names already converted to environ keys; "" marks a name that is
 # dropped. Names containing "_" are dropped so that "X-Forwarded_For" cannot pose as
@@ -146,6 +246,92 @@ def build_environ(base: Environ, request: Request, wsgi_input: object) -> Enviro
         # RFC 9112 §3.2.2: the absolute-form target's authority replaces Host.
         environ["HTTP_HOST"] = request.authority.decode("latin-1")
     return environ
+
+
+def request_environ(
+    base: Environ, request: Request, wsgi_input: object, forwarding: ForwardingPolicy | None
+) -> Environ:
+    """Stages 3 and 4: ``request``'s environ from its connection's ``base``, rewritten
+    by ``forwarding`` (None: the peer is not trusted to forward, or speaks a gateway
+    protocol whose CGI variables are authoritative) when it carries forwarding fields."""
+    environ = build_environ(base, request, wsgi_input)
+    if forwarding is not None and request.forwarded:
+        forward_environ(environ, forwarding)
+    return environ
+
+
+# ----------------------------------------------------- environ, stage 4: forwarding
+
+
+def forward_environ(environ: Environ, policy: ForwardingPolicy) -> None:
+    """Rewrite the environ of a request from a trusted peer (only: the caller checks
+    the peer) from the forwarding fields ``policy`` believes; with
+    ``--clear-untrusted-proxy-headers`` the others are removed first. The rules (which
+    field wins, the right-most untrusted hop) are ``ForwardingPolicy``'s docstring."""
+    for key in policy.triggers:
+        if key in environ:
+            break
+    else:
+        return  # the common case: a direct client on a trusted address sends none
+    for key in policy.clear:
+        environ.pop(key, None)
+    if policy.use_forwarded:
+        forwarded = environ.get("HTTP_FORWARDED")
+        if forwarded:
+            _apply_rfc7239(environ, forwarded, policy.trusted)
+            return
+    if policy.use_for and environ.get("HTTP_X_FORWARDED_FOR"):
+        addresses = split_items(environ["HTTP_X_FORWARDED_FOR"])
+        client_address = addresses[0] if addresses else ""
+        for address in reversed(addresses):
+            client_address = address
+            if not policy.trusted.listed(address):
+                break
+        if client_address:
+            environ["REMOTE_ADDR"] = client_address
+            environ["REMOTE_PORT"] = ""
+    elif policy.use_real_ip:
+        real_ip = (environ.get("HTTP_X_REAL_IP") or "").strip()
+        if real_ip and is_address(real_ip):
+            environ["REMOTE_ADDR"] = real_ip
+            environ["REMOTE_PORT"] = ""
+    if policy.use_proto:
+        protos = split_items(environ.get("HTTP_X_FORWARDED_PROTO") or "")
+        if protos and protos[-1].lower() in ("http", "https"):
+            environ["wsgi.url_scheme"] = protos[-1].lower()
+    if policy.use_host:
+        hosts = split_items(environ.get("HTTP_X_FORWARDED_HOST") or "")
+        if hosts:
+            environ["HTTP_HOST"] = hosts[-1]
+    if policy.use_port:
+        ports = split_items(environ.get("HTTP_X_FORWARDED_PORT") or "")
+        if ports and is_port(ports[-1]):
+            environ["SERVER_PORT"] = ports[-1]
+
+
+def _apply_rfc7239(environ: Environ, value: str, trusted: TrustedPeers) -> None:
+    # RFC 7239 §5.2: "for" of the right-most element not itself a trusted proxy;
+    # "proto"/"host" of the nearest (last) element, the one our peer wrote.
+    elements = parse_forwarded(value)
+    if not elements:
+        return
+    client = elements[0]
+    for element in reversed(elements):
+        address, _ = node(element.get("for", ""))
+        client = element
+        if not trusted.listed(address):
+            break
+    if "for" in client:
+        address, port = node(client["for"])
+        if address and not address.startswith("_") and address != "unknown":
+            environ["REMOTE_ADDR"] = address
+            environ["REMOTE_PORT"] = port
+    last = elements[-1]
+    proto = last.get("proto", "").lower()
+    if proto in ("http", "https"):
+        environ["wsgi.url_scheme"] = proto
+    if last.get("host"):
+        environ["HTTP_HOST"] = last["host"]
 
 
 class _EmptyInput:
