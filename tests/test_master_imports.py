@@ -51,7 +51,9 @@ def on_exit(server):
     _write("master")
 """
 
-#: What only a worker needs: none of it may be in the master.
+#: What only a worker needs: none of it may be in the master. (Not ``rapidwsgi.events``,
+#: the protocol-neutral vocabulary: the settings table validates ``--protocol`` against
+#: its one list of front-end names.)
 SERVING_MODULES = frozenset(
     {
         "apps",  # the application (tests/apps.py)
@@ -69,7 +71,6 @@ SERVING_MODULES = frozenset(
         "rapidwsgi.static",
         "rapidwsgi.tls",
         "rapidwsgi.loader",
-        "rapidwsgi.events",
         "rapidwsgi.protocols",
         "rapidwsgi.protocols.http1",
         "rapidwsgi.metrics",
