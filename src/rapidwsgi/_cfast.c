@@ -869,7 +869,7 @@ static PyObject *build_environ(PyObject *base, const Head *h) {
     } else if (script == NULL && PyErr_Occurred()) {
         goto fail;
     }
-    /* base is a copy of the connection's template (connection.environ_template): it
+    /* base is a copy of the connection's environ (wsgi.connection_environ, stage 2): it
      * already holds the common values (GET, no query, HTTP/1.1, EMPTY_INPUT). */
     if (h->method != M_GET && PyDict_SetItem(env, s_REQUEST_METHOD, method_str[h->method]) < 0) goto fail_stripped;
     if (PyUnicode_GET_LENGTH(query) > 0 && PyDict_SetItem(env, s_QUERY_STRING, query) < 0) goto fail_stripped;
@@ -1548,7 +1548,7 @@ static PyObject *fast_serve(PyObject *op, PyObject *const *args, Py_ssize_t narg
         if (env == NULL) goto error;
         off += n;
         if (head.forwarded) {
-            /* conn._c_forwarded(environ): the forwarding policy (Python, forwarded.py) */
+            /* conn._c_forwarded(environ): stage 4, wsgi.forward_environ (Python) */
             PyObject *r = PyObject_CallMethodOneArg(conn, s_c_forwarded, env);
             if (r == NULL) {
                 Py_DECREF(env);

@@ -26,16 +26,19 @@ Rules (RFC 9112 §9):
 7. The peer closing cleanly while IDLE is CLOSED; closing in the middle of a message is
    a framing error (an incomplete message, §8).
 8. The C request path (``_cfast.c``) runs whole cycles without this machine; a cycle it
-   ends with a close is replayed here (``closed_by_c_path``) as the events it was.
+   ends with a close is replayed here (``closed_by_c_path``) as the events it was: from
+   IDLE on both sides (always, in practice) as the result of that replay, computed
+   through :func:`advance` once at import; from any other state move by move, raising.
 
 What is guaranteed, and how it is tested: every state change of either side goes
-through :func:`advance`, which raises ``LocalProtocolError`` for a pair not in the
-tables (``tests/test_state.py`` tries every pair of state and event on both sides,
-directly and through ``ServerConnection``). A check scans the few states an event may
-happen in (:class:`Move`), no hashing: measured with callgrind, see
-``docs/architecture.md``. The ``data`` self-loops are
-listed for completeness; a Data event is produced only in SEND_BODY by construction
-(and ``send_data`` refuses any other state), so no lookup is made for it.
+through :func:`advance` (rule 8's composite move through it once, at import), which
+raises ``LocalProtocolError`` for a pair not in the tables (``tests/test_state.py``
+tries every pair of state and event on both sides, directly and through
+``ServerConnection``). A check scans the few states an event may happen in
+(:class:`Move`), no hashing: measured with callgrind, see ``docs/architecture.md``.
+The ``data`` self-loops are listed for completeness; a Data event is produced only in
+SEND_BODY by construction (and ``send_data`` refuses any other state), so no lookup is
+made for it.
 """
 
 from __future__ import annotations
@@ -126,6 +129,13 @@ def _moves(table: dict[tuple[str, str], str], side: str) -> dict[str, Move]:
 #: The tables above, one Move per event, as :func:`advance` reads them.
 THEIR_MOVES: Final = _moves(THEIR_TRANSITIONS, "their")
 OUR_MOVES: Final = _moves(OUR_TRANSITIONS, "our")
+
+
+def replay(moves: tuple[Move, ...], state: str) -> str:
+    """The state after ``moves`` one after the other from ``state`` (each checked)."""
+    for move in moves:
+        state = advance(move, state)
+    return state
 
 
 def advance(move: Move, state: str) -> str:

@@ -60,6 +60,7 @@ from ._state import (
     THEIR_MOVES,
     Move,
     advance,
+    replay,
 )
 
 __all__ = [
@@ -97,6 +98,15 @@ _OUR_END: Final = OUR_MOVES[EV_END]
 _OUR_LAST: Final = OUR_MOVES[EV_LAST]
 _OUR_NEXT: Final = OUR_MOVES[EV_NEXT]
 _OUR_ERROR: Final = OUR_MOVES[EV_ERROR]
+
+# The C path's closing cycle (rule 8 of ``_state.py``) as the events each side saw, and
+# where they lead from IDLE: replayed through the tables once, here at import, so that
+# the usual case (a cycle from IDLE) costs two comparisons per connection, not five
+# checked moves (callgrind: ~350 instructions per new connection).
+_C_CLOSE_THEIRS: Final = (_THEIR_COMPLETE_HEAD, _THEIR_LAST)
+_C_CLOSE_OURS: Final = (_OUR_HEAD, _OUR_END, _OUR_LAST)
+_C_CLOSED_THEIRS: Final = replay(_C_CLOSE_THEIRS, IDLE)
+_C_CLOSED_OURS: Final = replay(_C_CLOSE_OURS, IDLE)
 
 #: What ``next_event()`` returns, any front-end.
 NextEvent = Request | Data | EndOfMessage | ConnectionClosed | _Sentinel | Reply
@@ -293,11 +303,15 @@ class ServerConnection:
     def closed_by_c_path(self) -> None:
         """The C path ran a whole cycle ending with a close (rule 8 of ``_state.py``):
         both sides are done with the connection, replayed as the events they saw."""
-        self._advance_theirs(_THEIR_COMPLETE_HEAD)
-        self._advance_theirs(_THEIR_LAST)
-        self._advance_ours(_OUR_HEAD)
-        self._advance_ours(_OUR_END)
-        self._advance_ours(_OUR_LAST)
+        if self.their_state is IDLE and self.our_state is IDLE:
+            # The replay from IDLE, computed through the tables at import.
+            self.their_state = _C_CLOSED_THEIRS
+            self.our_state = _C_CLOSED_OURS
+            return
+        for move in _C_CLOSE_THEIRS:  # from any other state: raises as the moves do
+            self._advance_theirs(move)
+        for move in _C_CLOSE_OURS:
+            self._advance_ours(move)
 
     def _on_data(self, data: Data) -> Data:
         """Account a piece of request body about to be returned, the one place every
