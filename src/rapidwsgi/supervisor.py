@@ -973,8 +973,9 @@ class Master:
 
 
 def load_app(spec: str) -> WSGIApp:
-    """:func:`rapidwsgi.loader.load_app`, imported on first use: in a worker or a zygote
-    (after the fork), never in the master (the loader imports the WSGI modules)."""
+    """:func:`rapidwsgi.loader.load_app`, imported on first use, in a worker (after the
+    fork): with ``--preload`` the master never imports the loader (it imports the WSGI
+    modules); without it cli.import_worker_modules has imported it already."""
     from .loader import load_app as load
 
     return load(spec)
@@ -997,8 +998,9 @@ def worker_process(
     gc.freeze()
     faulthandler.enable(all_threads=True)  # SIGABRT from the watchdog prints tracebacks
     random.seed()
-    # Imported after the fork, before the application as the master used to (the master
-    # never imports it); a zygote's workers have it already (zygote_process).
+    # Before the application. A worker forked by the master has these already (without
+    # --preload, cli.import_worker_modules), one forked by a zygote too (zygote_process);
+    # a Master driven without the CLI imports them here, after the fork.
     from .worker import Worker, import_event_loop
 
     import_event_loop(config.loop)

@@ -64,8 +64,8 @@ WIRE_PROTOCOLS: Final[dict[str, Callable[[Limits], ServerConnection]]] = dict(
 
 def import_event_loop(kind: str) -> None:
     """Import uvloop now if :func:`new_event_loop` will use it: before the application
-    and in the process that forks the workers where there is one (a ``--preload``
-    zygote; the master before ``--user`` drops privileges), so that they share it."""
+    and in the process that forks the workers (the master without ``--preload``, and
+    before ``--user`` drops privileges; a ``--preload`` zygote), so that they share it."""
     if kind in ("auto", "uvloop"):
         with contextlib.suppress(ImportError):
             import uvloop  # noqa: F401
